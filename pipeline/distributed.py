@@ -1,0 +1,124 @@
+"""Data-parallel training with PyTorch's own engine: torch.distributed, DDP and its elastic launcher.
+
+`cifar10 train` with train.nproc > 1 starts that many workers through torch.distributed's
+elastic launcher (what torchrun uses); under an external `torchrun` the environment
+(WORLD_SIZE, RANK, LOCAL_RANK) says so and the process joins. Backend: nccl on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from pipeline.errors import PipelineError, TrainingInterrupted
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a multi-process run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def reduce_sum(self, tensor: Tensor) -> Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every process when `flag` is true on any of them (a collective: all must call it)."""
+        return bool(self.reduce_sum(torch.tensor([float(flag)], device=device)).item())
+
+
+def from_environment() -> Distributed | None:
+    """The run this process belongs to, from torchrun's variables; None outside such a run."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return None
+    return Distributed(
+        rank=int(os.environ["RANK"]),
+        world_size=world_size,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+    )
+
+
+def quiet_unless_main(context: Distributed) -> None:
+    """Only rank 0 logs progress; the others report warnings and errors."""
+    if not context.is_main:
+        for name in ("pipeline", "stages"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def initialize(context: Distributed, device_type: str) -> None:
+    """Join the process group (nccl for CUDA, gloo for CPU) and share the CPU cores between local workers."""
+    if device_type == "cuda":
+        torch.cuda.set_device(context.local_rank)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.local_world_size))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(nproc: int, arguments: Sequence[str]) -> None:
+    """Run `python -m stages <arguments>` in `nproc` local workers through torch's elastic launcher.
+
+    A worker that fails makes the whole run fail; the error names the rank and its exit code.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"cifar10-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port, as `torchrun --standalone` picks
+        max_restarts=0,
+        monitor_interval=0.1,
+    )
+    logger.info("starting %d worker processes", nproc)
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "stages", *arguments)
+    except ChildFailedError as error:
+        first_rank, failure = min(error.failures.items())
+        code = failure.exitcode
+        if code > 128 and code - 128 in (signal.SIGINT, signal.SIGTERM):
+            raise TrainingInterrupted(
+                f"training interrupted by {signal.Signals(code - 128).name}; "
+                "run `cifar10 train` again to resume from models/checkpoint",
+                code - 128,
+            ) from None
+        reason = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        raise PipelineError(
+            f"training failed: worker rank {first_rank} stopped with {reason}; no outputs were written"
+        ) from None
+    except SignalException as error:
+        raise TrainingInterrupted(
+            f"training interrupted by {error.sigval.name}; run `cifar10 train` again to resume",
+            int(error.sigval),
+        ) from None

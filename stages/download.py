@@ -1,0 +1,14 @@
+"""`cifar10 download`: fetch data.url to data/raw/, verified against data.sha256."""
+
+from __future__ import annotations
+
+from pipeline.download import download
+from stages.common import DEFAULT_PARAMS, Overrides, ParamsFile, read_params, user_errors
+from stages.paths import RAW_ARCHIVE
+
+
+def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = None) -> None:
+    """Fetch the CIFAR-10 binary archive (https, http, file:// or a path) and verify its SHA-256."""
+    with user_errors():
+        params = read_params(params_file, overrides)
+        download(params.data, RAW_ARCHIVE)

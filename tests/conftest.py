@@ -1,0 +1,200 @@
+"""Shared fixtures: tiny archives in the official layout, a local HTTP server with faults, a project."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import io
+import shutil
+import socketserver
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+RECORDS = 20  # per batch file: 5 train batches and a test batch
+# Settings that keep training on 100 images at width 4 to well under a second per epoch.
+FAST_TRAINING = [
+    "preprocess.val_size=20",
+    "model.width=4",
+    "train.device=cpu",
+    "train.epochs=2",
+    "train.batch_size=20",
+    "train.compile=false",
+    "evaluate.device=cpu",
+    "evaluate.batch_size=50",
+]
+
+
+@dataclass
+class TinyArchive:
+    path: Path
+    sha256: str
+    train_records: np.ndarray  # uint8 [100, 3073], archive order
+    test_records: np.ndarray  # uint8 [20, 3073]
+
+
+def records(count: int, seed: int) -> np.ndarray:
+    """Random 3073-byte records with labels cycling through 0-9, so every class is present."""
+    generator = np.random.default_rng(seed)
+    rows = generator.integers(0, 256, size=(count, 3073), dtype=np.uint8)
+    rows[:, 0] = np.arange(count) % 10
+    return rows
+
+
+def write_archive(
+    path: Path,
+    members: dict[str, bytes],
+    extra: Callable[[tarfile.TarFile], None] | None = None,
+) -> str:
+    """Write a .tar.gz with `members` (name -> bytes) and return its sha256."""
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+    ):
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if extra is not None:
+            extra(tar)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def official_members(train: np.ndarray, test: np.ndarray) -> dict[str, bytes]:
+    members = {"cifar-10-batches-bin/batches.meta.txt": ("\n".join(CLASSES) + "\n\n").encode()}
+    for number, batch in enumerate(np.split(train, 5), start=1):
+        members[f"cifar-10-batches-bin/data_batch_{number}.bin"] = batch.tobytes()
+    members["cifar-10-batches-bin/test_batch.bin"] = test.tobytes()
+    members["cifar-10-batches-bin/readme.html"] = b"<html>ignored</html>"
+    return members
+
+
+@pytest.fixture
+def tiny_archive(tmp_path: Path) -> TinyArchive:
+    train, test = records(5 * RECORDS, seed=1), records(RECORDS, seed=2)
+    path = tmp_path / "mirror" / "cifar-10-binary.tar.gz"
+    sha256 = write_archive(path, official_members(train, test))
+    return TinyArchive(path, sha256, train, test)
+
+
+@dataclass
+class ServerState:
+    """What the test server serves and which fault it injects; `requests` records each request's headers."""
+
+    body: bytes = b""
+    faults: list[str] = field(default_factory=list)  # consumed one per request; "" means behave
+    requests: list[dict[str, str]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class FaultyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: ServerState
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        state = self.state
+        state.requests.append(dict(self.headers))
+        fault = state.faults.pop(0) if state.faults else ""
+        body = state.body
+        if fault == "404":
+            return self._reply(404, b"not found")
+        if fault == "500":
+            return self._reply(500, b"oops")
+        if fault.startswith("429"):
+            return self._reply(429, b"slow down", {"Retry-After": fault.split(":")[1]})
+        if fault.startswith("redirect"):
+            return self._reply(302, b"", {"Location": fault.split(":", 1)[1]})
+        if fault == "stall":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:100])
+            self.wfile.flush()
+            state.release.wait(30)  # until the test ends; the client times out first
+            return None
+        start = 0
+        range_header = self.headers.get("Range")
+        if range_header and fault != "ignore_range":
+            start = int(range_header.removeprefix("bytes=").split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if fault == "drop":  # half the promised bytes, then the connection closes
+            self.wfile.write(body[start : start + (len(body) - start) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return None
+        self.wfile.write(body[start:])
+        return None
+
+    def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@dataclass
+class Server:
+    url: str
+    state: ServerState
+
+
+@pytest.fixture
+def http_server() -> Iterator[Server]:
+    state = ServerState()
+    handler = type("Handler", (FaultyHandler,), {"state": state})
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Server(f"http://127.0.0.1:{server.server_address[1]}/cifar-10-binary.tar.gz", state)
+    finally:
+        state.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working folder holding the repository's params.yaml, made the current directory."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.copy(REPO / "params.yaml", folder / "params.yaml")
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def set_params(path: Path, assignments: list[str]) -> None:
+    """Rewrite a params file with `section.key=value` assignments (values read as YAML)."""
+    raw = yaml.safe_load(path.read_text())
+    for assignment in assignments:
+        key, value = assignment.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[leaf] = yaml.safe_load(value)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
