@@ -21,7 +21,7 @@ from torch import Tensor
 
 from pipeline.errors import ModelFileError
 from pipeline.files import remove_stale_temporaries, write_bytes
-from pipeline.weights import read_safetensors, state_tensors
+from pipeline.weights import METADATA_KEY, parse_metadata, read_safetensors, state_tensors
 
 FORMAT = "cifar10-checkpoint/1"
 
@@ -83,17 +83,19 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         tensors[f"rng.cuda.{device}"] = state
     metadata = {
         "format": FORMAT,
-        "epoch": str(checkpoint.epoch),
-        "step": str(checkpoint.step),
-        "totals": json.dumps(checkpoint.totals),
-        "history": json.dumps(checkpoint.history),
+        "epoch": checkpoint.epoch,
+        "step": checkpoint.step,
+        "totals": checkpoint.totals,
+        "history": checkpoint.history,
         "params_sha256": checkpoint.params_sha256,
         "data_sha256": checkpoint.data_sha256,
-        "optimizer": json.dumps(optimizer_json),
-        "rng": json.dumps({"python": rng["python"], "numpy": rng["numpy"]["rest"], "cuda": len(rng["cuda"])}),
-        "has_average": json.dumps(checkpoint.average is not None),
+        "optimizer": optimizer_json,
+        "rng": {"python": rng["python"], "numpy": rng["numpy"]["rest"], "cuda": len(rng["cuda"])},
+        "has_average": checkpoint.average is not None,
     }
-    write_bytes(path, save(state_tensors(tensors), metadata=metadata))
+    write_bytes(
+        path, save(state_tensors(tensors), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    )
 
 
 def _with_prefix(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -102,18 +104,17 @@ def _with_prefix(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read a checkpoint; a truncated, foreign or incomplete file is a ModelFileError."""
-    tensors, metadata = read_safetensors(path, "checkpoint")
-    if metadata.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not a cifar10 checkpoint (format {metadata.get('format')!r})")
+    tensors, raw_metadata = read_safetensors(path, "checkpoint")
+    metadata = parse_metadata(raw_metadata, FORMAT, path, "checkpoint")
     try:
-        optimizer_json = json.loads(metadata["optimizer"])
+        optimizer_json = metadata["optimizer"]
         state: dict[int, dict[str, Any]] = {}
         for name, tensor in _with_prefix(tensors, "optimizer.").items():
             index, key = name.split(".", 1)
             state.setdefault(int(index), {})[key] = tensor
         for index, values in optimizer_json["state"].items():
             state.setdefault(int(index), {}).update(values)
-        rng_json = json.loads(metadata["rng"])
+        rng_json = metadata["rng"]
         rng = {
             "python": rng_json["python"],
             "numpy": {"keys": tensors["rng.numpy"], "rest": rng_json["numpy"]},
@@ -123,13 +124,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
         return Checkpoint(
             epoch=int(metadata["epoch"]),
             step=int(metadata["step"]),
-            totals=json.loads(metadata["totals"]),
-            history=json.loads(metadata["history"]),
+            totals=metadata["totals"],
+            history=metadata["history"],
             params_sha256=metadata["params_sha256"],
             data_sha256=metadata["data_sha256"],
             model=_with_prefix(tensors, "model."),
             optimizer={"state": state, "param_groups": optimizer_json["param_groups"]},
-            average=_with_prefix(tensors, "average.") if json.loads(metadata["has_average"]) else None,
+            average=_with_prefix(tensors, "average.") if metadata["has_average"] else None,
             rng=rng,
         )
     except (KeyError, ValueError, TypeError) as error:

@@ -105,7 +105,7 @@ def launch(nproc: int, arguments: Sequence[str]) -> None:
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "stages", *arguments)
     except ChildFailedError as error:
-        first_rank, failure = min(error.failures.items())
+        first_rank, failure = error.get_first_failure()  # the earliest: the others may have followed it
         code = failure.exitcode
         if code > 128 and code - 128 in (signal.SIGINT, signal.SIGTERM):
             raise TrainingInterrupted(

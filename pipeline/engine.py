@@ -210,8 +210,8 @@ def learning_rate_factor(step: int, total_steps: int, schedule: str, warmup: flo
     warmup_steps = round(warmup * total_steps)
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    remaining = max(1, total_steps - warmup_steps)
-    progress = (step - warmup_steps) / remaining  # 0 at the peak, reaching 1 after the last step
+    decay_steps = total_steps - warmup_steps
+    progress = (step - warmup_steps + 1) / (decay_steps + 1)  # in (0, 1): below the peak, never exactly 0
     if schedule == "onecycle":
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine

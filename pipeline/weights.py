@@ -17,6 +17,7 @@ from pipeline.files import write_bytes
 from pipeline.model import build_model
 
 FORMAT = "cifar10-model/1"
+METADATA_KEY = "cifar10"  # one key holding sorted JSON: safetensors writes several keys in random order
 
 
 @dataclass(frozen=True)
@@ -33,17 +34,26 @@ class ModelCard:
     torch_version: str
 
     def metadata(self) -> dict[str, str]:
-        return {"format": FORMAT} | {key: json.dumps(value) for key, value in asdict(self).items()}
+        return {METADATA_KEY: json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True)}
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], source: Path) -> ModelCard:
-        if metadata.get("format") != FORMAT:
-            raise ModelFileError(f"{source}: not a cifar10 model file (format {metadata.get('format')!r})")
+        values = parse_metadata(metadata, FORMAT, source, "model file")
         try:
-            values: dict[str, Any] = {key: json.loads(metadata[key]) for key in cls.__dataclass_fields__}
-            return cls(**values)
-        except (KeyError, ValueError, TypeError) as error:
+            return cls(**{key: values[key] for key in cls.__dataclass_fields__})
+        except (KeyError, TypeError) as error:
             raise ModelFileError(f"{source}: incomplete model metadata ({error})") from None
+
+
+def parse_metadata(metadata: dict[str, str], expected_format: str, source: Path, kind: str) -> dict[str, Any]:
+    """The JSON metadata of one of our safetensors files, checked to be of `expected_format`."""
+    try:
+        values: dict[str, Any] = json.loads(metadata[METADATA_KEY])
+    except (KeyError, ValueError):
+        values = {}
+    if values.get("format") != expected_format:
+        raise ModelFileError(f"{source}: not a cifar10 {kind} (format {values.get('format')!r})")
+    return values
 
 
 def state_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -1,0 +1,288 @@
+"""Training runs on tiny data: determinism, checkpoints, resume after signals, refusal of foreign state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import pipeline.training as training
+from pipeline.checkpoint import load_checkpoint
+from pipeline.data import preprocess
+from pipeline.errors import ModelFileError, PipelineError, TrainingInterrupted
+from pipeline.params import Params, PreprocessParams, load_params
+from pipeline.training import TrainOutcome, train
+from tests.conftest import FAST_TRAINING, REPO, TinyArchive
+
+
+@pytest.fixture
+def prepared(tmp_path: Path, tiny_archive: TinyArchive) -> Path:
+    folder = tmp_path / "prepared"
+    preprocess(tiny_archive.path, PreprocessParams(val_size=20, seed=0), folder)
+    return folder
+
+
+def fast(*overrides: str) -> Params:
+    return load_params(REPO / "params.yaml", [*FAST_TRAINING, "train.checkpoint_every=1", *overrides])
+
+
+def run(params: Params, prepared: Path, checkpoint: Path, **options: Any) -> TrainOutcome:
+    outcome = train(params.model, params.train, prepared, checkpoint, **options)
+    assert outcome is not None
+    return outcome
+
+
+def assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+def signal_at_step(monkeypatch: pytest.MonkeyPatch, step: int, number: int = signal.SIGTERM) -> None:
+    """Deliver a real signal to this process when training reaches global step `step` (1-based)."""
+    original: Callable[..., dict[str, float]] = training.train_one_epoch
+    steps_done = 0
+
+    def counting(*args: Any, **kwargs: Any) -> dict[str, float]:
+        setup, epoch, totals, start_step, should_stop, advance = args
+
+        def advance_and_signal(amount: float) -> None:
+            nonlocal steps_done
+            advance(amount)
+            if amount == 1:
+                steps_done += 1
+                if steps_done == step:
+                    signal.raise_signal(number)
+
+        return original(setup, epoch, totals, start_step, should_stop, advance_and_signal)
+
+    monkeypatch.setattr(training, "train_one_epoch", counting)
+
+
+def test_same_seed_gives_the_same_weights(prepared: Path, tmp_path: Path) -> None:
+    first = run(fast(), prepared, tmp_path / "a" / "checkpoint.safetensors")
+    second = run(fast(), prepared, tmp_path / "b" / "checkpoint.safetensors")
+    assert_same_weights(first.state, second.state)
+    other_seed = run(fast("train.seed=1"), prepared, tmp_path / "c" / "checkpoint.safetensors")
+    assert not torch.equal(first.state["fc.weight"], other_seed.state["fc.weight"])
+    assert [row["epoch"] for row in first.history] == [1, 2]
+    assert first.metrics["precision"] in ("bf16", "fp32") and first.metrics["device"] == "cpu"
+    assert 0 <= first.metrics["val_accuracy"] <= 1 and first.card.arch == "resnet18"
+
+
+@pytest.mark.parametrize("stop_step", [2, 6, 8])  # mid-epoch, mid-epoch later, on an epoch boundary
+def test_interrupt_then_resume_is_bit_identical(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_step: int
+) -> None:
+    params = fast("train.epochs=4", "train.ema=0.9")  # 4 steps an epoch; the weight average is state too
+    straight = run(params, prepared, tmp_path / "straight" / "checkpoint.safetensors")
+    checkpoint = tmp_path / "resumed" / "checkpoint.safetensors"
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, stop_step)
+        with pytest.raises(TrainingInterrupted) as caught:
+            run(params, prepared, checkpoint)
+    assert caught.value.exit_code == 128 + signal.SIGTERM
+    saved = load_checkpoint(checkpoint)
+    assert saved.epoch * 4 + saved.step == stop_step
+    resumed = run(params, prepared, checkpoint)
+    assert_same_weights(straight.state, resumed.state)
+    assert resumed.history == [
+        {**row, "seconds": resumed.history[i]["seconds"]} for i, row in enumerate(straight.history)
+    ]
+
+
+def test_checkpoint_for_other_params_is_refused_unless_restart(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, 3, signal.SIGINT)
+        with pytest.raises(TrainingInterrupted) as caught:
+            run(fast(), prepared, checkpoint)
+    assert caught.value.exit_code == 128 + signal.SIGINT
+    changed = fast("train.lr=0.1")
+    with pytest.raises(ModelFileError, match=r"written for other params.*--restart"):
+        run(changed, prepared, checkpoint)
+    restarted = run(changed, prepared, checkpoint, restart=True)
+    fresh = run(changed, prepared, tmp_path / "fresh" / "checkpoint.safetensors")
+    assert_same_weights(restarted.state, fresh.state)
+    # runtime settings may change between interruption and resume
+    other = tmp_path / "other" / "checkpoint.safetensors"
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, 3)
+        with pytest.raises(TrainingInterrupted):
+            run(fast(), prepared, other)
+    resumed = run(fast("train.checkpoint_every=0", "train.device=auto"), prepared, other)
+    assert resumed.history[0]["epoch"] == 1 and len(resumed.history) == 2
+
+
+def test_checkpoint_for_other_data_is_refused(
+    prepared: Path, tmp_path: Path, tiny_archive: TinyArchive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, 3)
+        with pytest.raises(TrainingInterrupted):
+            run(fast(), prepared, checkpoint)
+    other = tmp_path / "other"
+    preprocess(tiny_archive.path, PreprocessParams(val_size=30, seed=0), other)
+    with pytest.raises(ModelFileError, match="written for other data"):
+        run(fast(), other, checkpoint)
+
+
+def test_non_finite_loss_stops_training(prepared: Path, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    with pytest.raises(PipelineError, match=r"NaN or infinite at epoch 1, step \d+"):
+        run(fast("train.lr=1e30", "train.momentum=0.99"), prepared, checkpoint)
+    assert not checkpoint.exists()
+
+
+def test_batch_larger_than_the_data_is_an_error(prepared: Path, tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="larger than the 80 training images"):
+        run(fast("train.batch_size=100"), prepared, tmp_path / "checkpoint.safetensors")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "model file"])
+def test_damaged_checkpoint_is_a_clear_error(prepared: Path, tmp_path: Path, damage: str) -> None:
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    if damage == "truncated":
+        straight = tmp_path / "whole.safetensors"
+        from pipeline.checkpoint import Checkpoint, capture_rng, save_checkpoint
+
+        save_checkpoint(
+            straight,
+            Checkpoint(
+                0,
+                0,
+                {},
+                [],
+                "p",
+                "d",
+                {"w": torch.ones(1000)},
+                {"state": {}, "param_groups": []},
+                None,
+                capture_rng(),
+            ),
+        )
+        checkpoint.write_bytes(straight.read_bytes()[:-500])
+    elif damage == "random bytes":
+        checkpoint.write_bytes(os.urandom(4096))
+    else:
+        from pipeline.weights import ModelCard, save_model
+
+        card = ModelCard("tutorial", 4, ["a"] * 10, [0.5] * 3, [0.2] * 3, True, "x", "2")
+        save_model(checkpoint, {"w": torch.ones(3)}, card)
+    with pytest.raises(ModelFileError, match=str(checkpoint)):
+        run(fast(), prepared, checkpoint)
+
+
+def run_cli(project: Path, *arguments: str, script: str = "", **kwargs: Any) -> subprocess.Popen[str]:
+    """Start `python -m stages ...` in `project`, optionally after running `script` in the same process."""
+    code = textwrap.dedent(script) + "\nimport sys\nfrom stages.cli import app\napp(sys.argv[1:])\n"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *arguments],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def cli_project(tmp_path: Path, prepared: Path) -> Path:
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    prepared.rename(project / "data" / "prepared")
+    (project / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    return project
+
+
+def settings(*extra: str) -> list[str]:
+    return [f"--set={item}" for item in (*FAST_TRAINING, *extra)]
+
+
+def test_sigint_to_a_training_process_checkpoints_and_resume_matches(cli_project: Path) -> None:
+    options = settings("train.epochs=40", "model.arch=tutorial", "train.checkpoint_every=0")
+    straight = run_cli(cli_project, "train", *options)
+    assert straight.wait(timeout=300) == 0, straight.communicate()
+    weights = (cli_project / "models" / "model.safetensors").read_bytes()
+    (cli_project / "models" / "model.safetensors").unlink()
+
+    process = run_cli(cli_project, "train", *options)
+    assert process.stderr is not None
+    for line in process.stderr:  # the first epoch has finished: 39 remain when the signal arrives
+        if "epoch 1 " in line:
+            process.send_signal(signal.SIGINT)
+            break
+    _, errors = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT, errors
+    assert "interrupted by SIGINT" in errors and "Traceback" not in errors
+    assert (cli_project / "models" / "checkpoint" / "checkpoint.safetensors").exists()
+    assert not (cli_project / "models" / "model.safetensors").exists()
+
+    resumed = run_cli(cli_project, "train", *options)
+    _, errors = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, errors
+    assert "resuming from" in errors
+    assert (cli_project / "models" / "model.safetensors").read_bytes() == weights
+    assert list((cli_project / "models" / "checkpoint").iterdir()) == []
+
+
+def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one(cli_project: Path) -> None:
+    options = settings("train.epochs=4", "train.checkpoint_every=1")
+    straight = run_cli(cli_project, "train", *options)
+    assert straight.wait(timeout=300) == 0
+    weights = (cli_project / "models" / "model.safetensors").read_bytes()
+
+    killer = """
+        import os, signal
+        import pipeline.checkpoint as checkpoint
+        from pipeline.files import atomic_file
+        writes = 0
+        def write_then_die(path, data):
+            global writes
+            writes += 1
+            if writes < 3:
+                return checkpoint_write(path, data)
+            with atomic_file(path) as handle:  # the third checkpoint: half written, then SIGKILL
+                handle.write(data[: len(data) // 2])
+                handle.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+        checkpoint_write = checkpoint.write_bytes
+        checkpoint.write_bytes = write_then_die
+    """
+    process = run_cli(cli_project, "train", *options, script=killer)
+    process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL
+    folder = cli_project / "models" / "checkpoint"
+    assert len(list(folder.iterdir())) == 2  # the previous checkpoint and the half-written temporary
+    assert load_checkpoint(folder / "checkpoint.safetensors").epoch == 2
+
+    (cli_project / "models" / "model.safetensors").unlink()
+    resumed = run_cli(cli_project, "train", *options)
+    _, errors = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, errors
+    assert (cli_project / "models" / "model.safetensors").read_bytes() == weights
+    assert list(folder.iterdir()) == []
+
+
+def test_non_finite_loss_leaves_the_last_good_outputs(cli_project: Path) -> None:
+    models = cli_project / "models"
+    models.mkdir()
+    (models / "model.safetensors").write_bytes(b"last good weights")
+    process = run_cli(cli_project, "train", *settings("train.lr=1e30", "train.momentum=0.99"))
+    _, errors = process.communicate(timeout=300)
+    assert process.returncode == 1
+    assert "NaN or infinite" in errors and "Traceback" not in errors
+    assert (models / "model.safetensors").read_bytes() == b"last good weights"
+    assert not (cli_project / "metrics").exists()
