@@ -48,9 +48,12 @@ RECIPES: dict[str, list[str]] = {
     "cpu": [
         "preprocess.val_size=0",
         "model.width=32",
-        "train.epochs=10",
-        "train.batch_size=256",
+        "train.epochs=7",
+        "train.batch_size=128",
+        "train.lr=0.1",
+        "train.label_smoothing=0.2",
         "train.augment.cutout=0",
+        "evaluate.tta_translate=true",
     ],
     "gpu-94": ["preprocess.val_size=0", "train.epochs=10", "train.checkpoint_every=0"],
     "gpu-96": ["preprocess.val_size=0", "train.epochs=40", "train.checkpoint_every=0"],
@@ -254,6 +257,35 @@ def time_to_accuracy(recipe: str, archive: Path, sha256: str, repeat: int) -> li
     return rows
 
 
+def processes(archive: Path, sha256: str, counts: list[int]) -> list[dict[str, Any]]:
+    """images/s of the real train stage with 1, 2, ... DistributedDataParallel processes on one machine."""
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        shutil.copy(REPO / "params.yaml", folder / "params.yaml")
+        common = [f"data.url={archive}", f"data.sha256={sha256}", "preprocess.val_size=0", "train.epochs=1"]
+        common += ["model.width=32", "train.batch_size=256", "train.checkpoint_every=0"]
+        for stage in ("download", "preprocess"):
+            subprocess.run(
+                [sys.executable, "-m", "stages", stage, *(f"--set={item}" for item in common)],
+                cwd=folder,
+                check=True,
+            )
+        for count in counts:
+            arguments = [f"--set={item}" for item in (*common, f"train.nproc={count}")]
+            subprocess.run([sys.executable, "-m", "stages", "train", *arguments], cwd=folder, check=True)
+            train = json.loads((folder / "metrics" / "train.json").read_text())
+            rows.append(
+                {
+                    "processes": count,
+                    "images_per_second": train["images_per_second"],
+                    "device": train["device"],
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     with Path("/proc/cpuinfo").open() as handle:
@@ -297,6 +329,12 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {row['images_per_second']:.0f} "
                 f"| {row['test_accuracy']:.2%} | {tta} | {row['peak_rss_mb_of_stages']:.0f} |"
             )
+    if results["processes"]:
+        lines += ["", "| processes | device | images/s |", "| ---: | --- | ---: |"]
+        lines += [
+            f"| {row['processes']} | {row['device']} | {row['images_per_second']:.0f} |"
+            for row in results["processes"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -323,12 +361,20 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="time-to-accuracy runs per recipe (seeds 0, 1, ...)"
     )
+    parser.add_argument(
+        "--processes", type=int, nargs="*", default=[], help="process counts for the DDP rows"
+    )
     parser.add_argument("--name", default="cpu", help="results/<name>.json and .md")
     arguments = parser.parse_args()
     if arguments.one:
         print(json.dumps(run_one(json.loads(arguments.one))))
         return
-    results: dict[str, Any] = {"machine": machine(), "throughput": [], "time_to_accuracy": []}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "throughput": [],
+        "time_to_accuracy": [],
+        "processes": [],
+    }
     if arguments.prepared:
         steps = {"resnet18": arguments.resnet_steps, "tutorial": arguments.tutorial_steps}
         results["throughput"] = throughput(arguments.prepared.resolve(), arguments.devices, steps)
@@ -336,6 +382,8 @@ def main() -> None:
         results["time_to_accuracy"] += time_to_accuracy(
             recipe, arguments.archive.resolve(), arguments.sha256, arguments.repeat
         )
+    if arguments.processes:
+        results["processes"] = processes(arguments.archive.resolve(), arguments.sha256, arguments.processes)
     output = REPO / "benchmarks" / "results"
     output.mkdir(exist_ok=True)
     (output / f"{arguments.name}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 from pipeline.errors import DownloadError
-from pipeline.files import atomic_file
+from pipeline.files import atomic_file, fsync_directory
 from pipeline.params import DataParams
 from pipeline.progress import progress
 
@@ -115,7 +115,9 @@ class _HttpTransfer:
     def attempt(self) -> None:
         """Fetch the rest of the file; raise _Retry or DownloadError on failure."""
         offset = self.partial.stat().st_size if self.partial.exists() else 0
-        headers = {"Range": f"bytes={offset}-", "Accept-Encoding": "identity"} if offset else {}
+        headers = {"Accept-Encoding": "identity"}  # the file's own bytes, never a compressed rendition
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
         with self.client.stream("GET", self.url, headers=headers) as response:
             status = response.status_code
             if status == 416:  # our partial file is not a prefix the server recognises
@@ -195,6 +197,7 @@ def _download_http(url: str, target: Path, params: DataParams, sleep: Callable[[
             actual = sha256_file(partial)
             if actual == params.sha256:
                 os.replace(partial, target)
+                fsync_directory(target.parent)
                 return
             partial.unlink()
             if transfer.resumed and not restarted_after_mismatch:

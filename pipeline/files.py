@@ -19,7 +19,7 @@ from typing import IO, Any
 TEMPORARY_MARKER = ".tmp-"
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     descriptor = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -56,7 +56,7 @@ def atomic_file(target: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
 
 
 def write_bytes(target: Path, data: bytes) -> None:
@@ -97,7 +97,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         if target.exists():
             os.replace(target, previous)
         os.replace(temporary, target)
-        _fsync_directory(target.parent)
+        fsync_directory(target.parent)
         shutil.rmtree(previous, ignore_errors=True)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)

@@ -165,6 +165,8 @@ def train(
     model = build_model(model_params.arch, model_params.width, len(meta["classes"]))
     model = model.to(device).to(memory_format=torch.channels_last)
     if distributed and params.sync_bn:
+        if device.type != "cuda":
+            raise PipelineError("train.sync_bn: PyTorch's SyncBatchNorm works on CUDA devices only")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
     optimizer = build_optimizer(model, params)
     average = None
@@ -173,8 +175,9 @@ def train(
         average = AveragedModel(model, multi_avg_fn=exponential, use_buffers=True)
 
     start_epoch, start_step, totals, history = 0, 0, EpochTotals(), []
-    if restart and is_main:
-        remove_checkpoint(checkpoint_path)
+    if restart:
+        if is_main:
+            remove_checkpoint(checkpoint_path)
     elif checkpoint_path.exists():
         checkpoint = load_checkpoint(checkpoint_path)
         for key, value in identity.items():

@@ -12,7 +12,15 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from stages.cli import app
-from tests.conftest import FAST_TRAINING, TinyArchive
+from tests.conftest import (
+    FAST_TRAINING,
+    RECORDS,
+    REPO,
+    TinyArchive,
+    official_members,
+    records,
+    write_archive,
+)
 
 runner = CliRunner()
 
@@ -77,12 +85,28 @@ def test_preprocess_without_archive(project: Path) -> None:
     assert_one_line_error(invoke("preprocess"), 1, "archive not found (run `cifar10 download` first)")
 
 
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project after download, preprocess and train on the tiny archive, made once for this module."""
+    folder = tmp_path_factory.mktemp("trained")
+    archive = TinyArchive(folder / "archive.tar.gz", "", records(5 * RECORDS, 1), records(RECORDS, 2))
+    archive.sha256 = write_archive(
+        archive.path, official_members(archive.train_records, archive.test_records)
+    )
+    shutil.copy(REPO / "params.yaml", folder / "params.yaml")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        assert invoke("download", *mirror(archive)).exit_code == 0
+        assert invoke("preprocess", *fast()).exit_code == 0
+        result = invoke("train", *fast())
+        assert result.exit_code == 0, result.output
+    return folder
+
+
 @pytest.fixture
-def trained(project: Path, tiny_archive: TinyArchive) -> Path:
-    assert invoke("download", *mirror(tiny_archive)).exit_code == 0
-    assert invoke("preprocess", *fast()).exit_code == 0
-    result = invoke("train", *fast())
-    assert result.exit_code == 0, result.output
+def trained(project: Path, trained_once: Path) -> Path:
+    """A fresh copy of the trained project, made the current directory."""
+    shutil.copytree(trained_once, project, dirs_exist_ok=True)
     return project
 
 
@@ -125,13 +149,18 @@ def test_evaluate_writes_metrics_and_confusion(trained: Path) -> None:
     assert "tta_accuracy" not in json.loads((trained / "metrics/eval.json").read_text())
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated", "other arch"])
+@pytest.mark.parametrize("damage", ["missing", "truncated", "other arch", "foreign"])
 def test_evaluate_with_bad_weights_writes_no_metrics(trained: Path, damage: str) -> None:
     weights = trained / "models/model.safetensors"
     if damage == "missing":
         weights.unlink()
     elif damage == "truncated":
         weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "foreign":
+        import torch
+        from safetensors.torch import save_file
+
+        save_file({"weight": torch.ones(2)}, str(weights))
     else:
         from pipeline.weights import read_safetensors
 
