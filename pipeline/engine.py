@@ -307,7 +307,9 @@ def train_one_epoch(
             sums = setup.reduce_sum(sums)
         loss_sum, correct, non_finite = sums.tolist()
         if non_finite:
-            first = step - len(pending) + int(torch.argmax((~torch.isfinite(losses)).int()))
+            # steps step-len+1 .. step are pending; name the first bad one (1-based; on another process
+            # the window's first step)
+            first = step - len(pending) + 1 + int(torch.argmax((~torch.isfinite(losses)).int()))
             raise PipelineError(
                 f"loss became NaN or infinite at epoch {epoch + 1}, step {first + 1}; nothing was written"
             )

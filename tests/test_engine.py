@@ -216,3 +216,21 @@ def test_tta_averages_image_and_mirror_logits() -> None:
         model, data.images, transform, batch_size=3, precision="fp32", tta=True, tta_translate=True
     )
     assert shifted.shape == (8, 10) and not torch.allclose(shifted, both)
+
+
+def test_non_finite_loss_names_the_first_bad_step() -> None:
+    params = train_params("train.epochs=1", "train.batch_size=8", "train.lr=0.01")
+    model = build_model("tutorial", 4).to(memory_format=torch.channels_last)
+    setup = make_setup(model, random_split(64), params)
+    real_step, steps = setup.optimizer.step, []
+
+    def poisoning_step(*args: object, **kwargs: object) -> None:
+        steps.append(1)
+        if len(steps) == 3:  # the update of step 3 makes the weights NaN, so step 4's loss is NaN
+            for parameter in model.parameters():
+                parameter.data.fill_(float("nan"))
+        real_step()
+
+    setup.optimizer.step = poisoning_step  # type: ignore[method-assign]
+    with pytest.raises(PipelineError, match=r"at epoch 1, step 4;"):
+        train_one_epoch(setup, 0, EpochTotals())
