@@ -366,7 +366,7 @@ def _translate(inputs: Tensor, rows: int, columns: int) -> Tensor:
 
 
 @torch.no_grad()
-def predict_logits(
+def view_logits(
     model: nn.Module,
     images: Tensor,
     transform: InputTransform,
@@ -376,10 +376,10 @@ def predict_logits(
     tta: bool = False,
     tta_translate: bool = False,
 ) -> Tensor:
-    """Logits float32 [N, 10] for uint8 images [N, 3, 32, 32] on the model's device.
+    """Logits float32 [V, N, 10] for uint8 images [N, 3, 32, 32] on the model's device, one row per view.
 
-    With `tta`, the mean of the logits of the image and its mirror; with `tta_translate` too,
-    also of both shifted by one pixel in each of four directions.
+    View 0 is the image itself; with `tta` view 1 is its mirror, and with `tta_translate` too both
+    follow shifted by one pixel in each of four directions.
     """
     model.eval()
     outputs = []
@@ -391,22 +391,42 @@ def predict_logits(
             if tta_translate:
                 views += [_translate(view, *shift) for view in views[:2] for shift in TTA_SHIFTS]
         with autocast(images.device, precision):
-            logits = torch.stack([model(view).float() for view in views]).mean(0)
-        outputs.append(logits)
+            outputs.append(torch.stack([model(view).float() for view in views]))
     if not outputs:
-        return torch.empty(0, 10, device=images.device)
-    return torch.cat(outputs)
+        return torch.empty(1 + tta * (1 + 8 * tta_translate), 0, 10, device=images.device)
+    return torch.cat(outputs, dim=1)
+
+
+def predict_logits(
+    model: nn.Module,
+    images: Tensor,
+    transform: InputTransform,
+    *,
+    batch_size: int,
+    precision: Precision,
+    tta: bool = False,
+    tta_translate: bool = False,
+) -> Tensor:
+    """Logits float32 [N, 10]: with `tta`, the mean over the views of `view_logits`."""
+    views = view_logits(
+        model,
+        images,
+        transform,
+        batch_size=batch_size,
+        precision=precision,
+        tta=tta,
+        tta_translate=tta_translate,
+    )
+    return views.mean(0)
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    loss: float  # mean cross-entropy, no label smoothing
-    accuracy: float
+    loss: float  # mean cross-entropy of the plain images, no label smoothing
+    accuracy: float  # of the plain images
     images: int
-    predictions: Tensor  # int64 [N]
-
-    def as_dict(self) -> dict[str, float]:
-        return {"loss": self.loss, "accuracy": self.accuracy, "images": self.images}
+    predictions: Tensor  # int64 [N], of the plain images
+    tta_accuracy: float | None  # of the logits averaged over the views, when asked for
 
 
 def evaluate(
@@ -422,9 +442,12 @@ def evaluate(
     world_size: int = 1,
     reduce_sum: ReduceSum | None = None,
 ) -> Evaluation:
-    """Loss and accuracy of `model` on `data`; with several processes each takes every world_size-th image."""
+    """Loss and accuracy of `model` on `data`, and with `tta` the TTA accuracy, from one pass over the views.
+
+    With several processes each takes every world_size-th image and the sums are reduced.
+    """
     images, labels = data.images[rank::world_size], data.labels[rank::world_size]
-    logits = predict_logits(
+    views = view_logits(
         model,
         images,
         transform,
@@ -433,15 +456,19 @@ def evaluate(
         tta=tta,
         tta_translate=tta_translate,
     )
-    predictions = logits.argmax(1)
+    predictions = views[0].argmax(1)
     sums = torch.stack(
         [
-            functional.cross_entropy(logits, labels, reduction="sum"),
+            functional.cross_entropy(views[0], labels, reduction="sum"),
             (predictions == labels).sum().float(),
-            torch.tensor(float(len(labels)), device=logits.device),
+            (views.mean(0).argmax(1) == labels).sum().float(),
+            torch.tensor(float(len(labels)), device=views.device),
         ]
     )
     if reduce_sum is not None:
         sums = reduce_sum(sums)
-    loss_sum, correct, count = sums.tolist()
-    return Evaluation(loss_sum / max(1, count), correct / max(1, count), int(count), predictions)
+    loss_sum, correct, tta_correct, count = sums.tolist()
+    count = max(1.0, count)
+    return Evaluation(
+        loss_sum / count, correct / count, int(count), predictions, tta_correct / count if tta else None
+    )

@@ -32,23 +32,22 @@ def evaluate_model(model_path: Path, prepared: Path, params: EvaluateParams) -> 
     data = DeviceSplit.from_split(test, device)
     transform = InputTransform.create(card.mean, card.std, card.normalize, device)
     started = time.perf_counter()
-    plain = evaluate(model, data, transform, batch_size=params.batch_size, precision=precision)
+    plain = evaluate(
+        model,
+        data,
+        transform,
+        batch_size=params.batch_size,
+        precision=precision,
+        tta=params.tta,
+        tta_translate=params.tta_translate,
+    )
     metrics: dict[str, Any] = {
         "accuracy": plain.accuracy,
         "loss": plain.loss,
         "per_class": per_class_accuracy(plain.predictions, data.labels, card.classes),
     }
-    if params.tta:
-        augmented = evaluate(
-            model,
-            data,
-            transform,
-            batch_size=params.batch_size,
-            precision=precision,
-            tta=True,
-            tta_translate=params.tta_translate,
-        )
-        metrics["tta_accuracy"] = augmented.accuracy
+    if plain.tta_accuracy is not None:
+        metrics["tta_accuracy"] = plain.tta_accuracy
     metrics |= {"images": plain.images, "seconds": time.perf_counter() - started}
     if not math.isfinite(plain.loss):
         raise PipelineError(f"{model_path}: the model gives non-finite logits; no metrics written")

@@ -234,3 +234,19 @@ def test_non_finite_loss_names_the_first_bad_step() -> None:
     setup.optimizer.step = poisoning_step  # type: ignore[method-assign]
     with pytest.raises(PipelineError, match=r"at epoch 1, step 4;"):
         train_one_epoch(setup, 0, EpochTotals())
+
+
+def test_evaluate_reports_plain_and_tta_accuracy_from_one_pass() -> None:
+    data = random_split(40)
+    transform = InputTransform.create([0.0] * 3, [1.0] * 3, False, CPU)
+    torch.manual_seed(0)
+    model = build_model("tutorial", 4)
+    result = evaluate(model, data, transform, batch_size=16, precision="fp32", tta=True, tta_translate=True)
+    plain = predict_logits(model, data.images, transform, batch_size=16, precision="fp32")
+    averaged = predict_logits(
+        model, data.images, transform, batch_size=16, precision="fp32", tta=True, tta_translate=True
+    )
+    assert torch.equal(result.predictions, plain.argmax(1))
+    assert result.accuracy == pytest.approx((plain.argmax(1) == data.labels).float().mean().item())
+    assert result.tta_accuracy == pytest.approx((averaged.argmax(1) == data.labels).float().mean().item())
+    assert evaluate(model, data, transform, batch_size=16, precision="fp32").tta_accuracy is None
