@@ -37,6 +37,7 @@ from pipeline.engine import (  # noqa: E402
     InputTransform,
     TrainSetup,
     build_optimizer,
+    place_model,
     resolve_precision,
     train_one_epoch,
 )
@@ -135,7 +136,7 @@ def pipeline_loop(
         REPO / "params.yaml", [f"train.batch_size={batch}", f"train.precision={precision}"]
     ).train
     torch.manual_seed(0)
-    model = build_model(arch, 64).to(device).to(memory_format=torch.channels_last)  # type: ignore[arg-type]
+    model = place_model(build_model(arch, 64), device)  # type: ignore[arg-type]
     runner = torch.compile(model) if compile else model
     times: list[float] = []
 

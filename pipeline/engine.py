@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as functional
 from torch import Tensor, nn
 
+from pipeline.convolution import use_small_map_convolutions
 from pipeline.data import Split
 from pipeline.errors import PipelineError
 from pipeline.params import AugmentParams, TrainParams
@@ -52,6 +53,13 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise PipelineError(f"device {name}: MPS is not available on this machine")
     return device
+
+
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move `model` to `device` in channels_last; on the CPU, small maps use matrix-product convolutions."""
+    if device.type == "cpu":
+        use_small_map_convolutions(model)
+    return model.to(device).to(memory_format=torch.channels_last)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -43,6 +43,7 @@ from pipeline.engine import (
     build_optimizer,
     evaluate,
     learning_rate_factor,
+    place_model,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -163,7 +164,7 @@ def train(
 
     seed_everything(params.seed)
     model = build_model(model_params.arch, model_params.width, len(meta["classes"]))
-    model = model.to(device).to(memory_format=torch.channels_last)
+    model = place_model(model, device)
     if distributed and params.sync_bn:
         if device.type != "cuda":
             raise PipelineError("train.sync_bn: PyTorch's SyncBatchNorm works on CUDA devices only")

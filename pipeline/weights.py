@@ -12,6 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
+from pipeline.engine import place_model
 from pipeline.errors import ModelFileError
 from pipeline.files import write_bytes
 from pipeline.model import build_model
@@ -90,4 +91,4 @@ def load_model(path: Path, device: torch.device) -> tuple[nn.Module, ModelCard]:
         raise ModelFileError(
             f"{path}: weights do not fit {card.arch} width {card.width}: {first_line}"
         ) from None
-    return model.to(device).to(memory_format=torch.channels_last).eval(), card
+    return place_model(model, device).eval(), card
