@@ -1,18 +1,25 @@
-"""Convolutions on small feature maps as one matrix product (im2col), for the CPU.
+"""Convolutions on small feature maps through matrix products, for the CPU.
 
 oneDNN's convolution kernels run far below its matrix-multiply speed on this kind of CPU when the
-output map has only a few pixels and many channels. Measured forward + backward, batch 128, bf16
-autocast, channels_last, on a 2-core Xeon with AMX (see benchmarks/README.md):
+output map has only a few pixels, and their weight gradient is the slowest part. Forward +
+backward of the 3x3 convolutions of both networks, batch 128, width 64, bf16 autocast,
+channels_last, 2-core Xeon with AMX (benchmarks/bench_convolution.py, results/cpu-convolution.md):
 
-    512 -> 512 channels, 2x2 map:        75 ms as a convolution, 27 ms as im2col + matmul
-    512 -> 512 channels, 2x2 -> 1x1:     60 ms                    12 ms
-    256 -> 512 channels, 3x3 -> 2x2:     54 ms                    15 ms
-    512 -> 512 channels, 4x4 map:   183-188 ms                   130 ms
-    128 -> 128 channels, 5x5 map:        11 ms                    35 ms (im2col loses on larger maps)
+    channels    output map          oneDNN   im2col + matmul   only the weight gradient as matmul
+    512 -> 512  1x1                 23.5 ms       2.3 ms                14.9 ms
+    512 -> 512  2x2                 53.9 ms      16.8 ms                23.9 ms
+    256 -> 512  3x3 -> 2x2          25.7 ms      10.7 ms                10.0 ms
+    256 -> 256  3x3                 10.6 ms      12.7 ms                 4.6 ms
+    512 -> 512  4x4                 67.1 ms      50.9 ms                34.8 ms
+    256 -> 512  8x8 -> 4x4          37.9 ms      36.3 ms                20.5 ms
+    128 -> 256  16x16 -> 8x8        18.7 ms      59.3 ms         17-33 ms (about even)
+    128 -> 128  16x16               15.9 ms     174.7 ms                41.0 ms
 
-So `SmallMapConv2d` takes the matrix route on the CPU for outputs of at most 2x2 pixels, and of
-at most 4x4 pixels with 512 or more output channels; everything else stays on oneDNN. It has the
-same parameters as nn.Conv2d, so state dicts and weight files do not change.
+So `SmallMapConv2d` computes outputs of at most 2x2 pixels as im2col + one matrix product, keeps
+oneDNN's forward and input gradient but takes the weight gradient as one matrix product for
+outputs of at most 4x4 pixels (8x8 when strided) with 64 or more input channels, and leaves
+everything else to oneDNN. It has the same parameters as nn.Conv2d, so state dicts and weight
+files do not change. On other devices it is nn.Conv2d.
 """
 
 from __future__ import annotations

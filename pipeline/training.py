@@ -12,7 +12,9 @@ import ctypes
 import hashlib
 import json
 import logging
+import os
 import platform
+import shutil
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,8 +113,17 @@ def data_digest(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
-def _use_compile(setting: str | bool, device: torch.device) -> bool:
-    return device.type == "cuda" if setting == "auto" else bool(setting)
+def should_compile(setting: str | bool, device: torch.device) -> bool:
+    """`auto`: on for CUDA, and on the CPU where Inductor finds its C++ compiler.
+
+    On the 2-core CPU of benchmarks/README.md, compiling fuses BatchNorm, ReLU and the residual
+    sums and trains ResNet-18 1.3-1.5x faster than eager after a one-time compile of ~30-60 s.
+    """
+    if setting != "auto":
+        return bool(setting)
+    if device.type == "cpu":
+        return shutil.which(os.environ.get("CXX", "g++")) is not None
+    return device.type == "cuda"
 
 
 def _format_row(row: dict[str, Any]) -> str:
@@ -203,7 +214,7 @@ def train(
         runner = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if _use_compile(params.compile, device):
+    if should_compile(params.compile, device):
         runner = torch.compile(runner)  # type: ignore[assignment]
 
     data = DeviceSplit.from_split(train_split, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import FAST_TRAINING, REPO, Server, TinyArchive, set_params
 
@@ -92,3 +94,33 @@ def test_repro_experiment_and_comparisons(repo: Path, http_server: Server) -> No
     dvc(repo, "plots", "show", "-o", "plots")
     page = (repo / "plots" / "index.html").read_text()
     assert "train_loss" in page and "predicted" in page
+
+
+def project_imports(path: Path) -> set[str]:
+    """Files of pipeline/ and stages/ that `path` imports, directly or through each other."""
+    found: set[str] = set()
+    pending = [path]
+    while pending:
+        tree = ast.parse(pending.pop().read_text())
+        for node in ast.walk(tree):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            for name in names:
+                candidate = REPO / (name.replace(".", "/") + ".py")
+                relative = candidate.relative_to(REPO).as_posix()
+                if (
+                    name.split(".")[0] in ("pipeline", "stages")
+                    and candidate.exists()
+                    and relative not in found
+                ):
+                    found.add(relative)
+                    pending.append(candidate)
+    return found
+
+
+@pytest.mark.parametrize("stage", ["download", "preprocess", "train", "evaluate"])
+def test_each_stage_depends_on_exactly_the_code_it_imports(stage: str) -> None:
+    definition = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
+    code = {dependency for dependency in definition["deps"] if dependency.endswith(".py")}
+    assert code == {f"stages/{stage}.py"} | project_imports(REPO / "stages" / f"{stage}.py")

@@ -286,3 +286,25 @@ def test_non_finite_loss_leaves_the_last_good_outputs(cli_project: Path) -> None
     assert "NaN or infinite" in errors and "Traceback" not in errors
     assert (models / "model.safetensors").read_bytes() == b"last good weights"
     assert not (cli_project / "metrics").exists()
+
+
+def test_compile_auto_follows_the_device_and_the_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    monkeypatch.setattr(training.shutil, "which", lambda name: None)
+    assert not training.should_compile("auto", cpu)
+    monkeypatch.setattr(training.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert training.should_compile("auto", cpu) and training.should_compile("auto", cuda)
+    assert not training.should_compile("auto", mps)
+    assert not training.should_compile(False, cuda) and training.should_compile(True, mps)
+
+
+def test_compiled_training_saves_plain_weights_close_to_eager(prepared: Path, tmp_path: Path) -> None:
+    # fp32 and a small lr, so that the kernels' different rounding is not amplified by training
+    settings = ["train.epochs=1", "train.precision=fp32", "train.lr=0.001"]
+    eager = run(fast(*settings), prepared, tmp_path / "a" / "checkpoint.safetensors")
+    compiled = run(fast(*settings, "train.compile=true"), prepared, tmp_path / "b" / "checkpoint.safetensors")
+    assert compiled.state.keys() == eager.state.keys()  # no "_orig_mod." prefix from torch.compile
+    assert compiled.metrics["train_loss"] == pytest.approx(eager.metrics["train_loss"], rel=1e-4)
+    for name, tensor in eager.state.items():
+        if tensor.is_floating_point():
+            torch.testing.assert_close(compiled.state[name], tensor, rtol=0, atol=1e-3)
