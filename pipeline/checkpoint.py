@@ -8,6 +8,7 @@ or `kill -9` mid-write leaves the previous checkpoint whole. No pickle.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from pipeline.files import remove_stale_temporaries, write_bytes
 from pipeline.weights import METADATA_KEY, parse_metadata, read_safetensors, state_tensors
 
 FORMAT = "cifar10-checkpoint/1"
+KEEP = 3  # checkpoint files kept in the folder, newest first: each run's own, by params and data digest
+SUFFIX = ".safetensors"
 
 
 @dataclass
@@ -137,8 +140,27 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise ModelFileError(f"{path}: incomplete checkpoint ({error})") from None
 
 
+def checkpoint_path(folder: Path, params_sha256: str, data_sha256: str) -> Path:
+    """The checkpoint file of the run with these params and data: each run has its own, so a
+    checkpoint left by other params never stands in the way, and going back to them resumes it."""
+    run = hashlib.sha256(f"{params_sha256}:{data_sha256}".encode()).hexdigest()
+    return folder / f"{run[:16]}{SUFFIX}"
+
+
+def prune_checkpoints(keep: Path, count: int = KEEP) -> list[Path]:
+    """Delete all but the `count` newest checkpoints beside `keep` (never `keep` itself); return them."""
+    others = sorted(
+        (path for path in keep.parent.glob(f"*{SUFFIX}") if path != keep and not path.name.startswith(".")),
+        key=lambda path: path.stat().st_mtime,
+        reverse=True,
+    )
+    removed = others[max(0, count - 1) :]
+    for path in removed:
+        remove_checkpoint(path)
+    return removed
+
+
 def remove_checkpoint(path: Path) -> None:
-    """Delete the checkpoint file and any half-written temporary; its folder stays."""
+    """Delete the checkpoint file and any half-written temporary of it."""
     path.unlink(missing_ok=True)
     remove_stale_temporaries(path)
-    path.parent.mkdir(parents=True, exist_ok=True)

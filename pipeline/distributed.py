@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from pipeline.errors import PipelineError, TrainingInterrupted
 
@@ -46,6 +46,16 @@ class Distributed:
         """True on every process when `flag` is true on any of them (a collective: all must call it)."""
         return bool(self.reduce_sum(torch.tensor([float(flag)], device=device)).item())
 
+    def broadcast_from_main(self, module: nn.Module) -> None:
+        """Give every process rank 0's parameters and buffers (a collective: all must call it).
+
+        Each process keeps its own BatchNorm running statistics (DDP copies rank 0's only at the
+        next training forward) and its own weight average; after this, all hold the weights
+        that rank 0 saves.
+        """
+        for tensor in module.state_dict().values():  # detached views of the module's own storage
+            dist.broadcast(tensor, src=0)
+
 
 def from_environment() -> Distributed | None:
     """The run this process belongs to, from torchrun's variables; None outside such a run."""
@@ -58,6 +68,18 @@ def from_environment() -> Distributed | None:
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
     )
+
+
+# Set by `launch` for its workers: the launching process holds the workspace lock for them.
+LAUNCHED_BY = "CIFAR10_LAUNCHED_BY"
+
+
+def holds_workspace_lock(context: Distributed | None) -> bool:
+    """Whether this process takes the stage's workspace lock: a single process, the launcher of
+    local workers, or rank 0 of a run started by an external torchrun."""
+    if context is None:
+        return True
+    return context.is_main and LAUNCHED_BY not in os.environ
 
 
 def quiet_unless_main(context: Distributed) -> None:
@@ -102,6 +124,7 @@ def launch(nproc: int, arguments: Sequence[str]) -> None:
         monitor_interval=0.1,
     )
     logger.info("starting %d worker processes", nproc)
+    os.environ[LAUNCHED_BY] = str(os.getpid())  # the workers inherit the environment
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "stages", *arguments)
     except ChildFailedError as error:
@@ -110,7 +133,7 @@ def launch(nproc: int, arguments: Sequence[str]) -> None:
         if code > 128 and code - 128 in (signal.SIGINT, signal.SIGTERM):
             raise TrainingInterrupted(
                 f"training interrupted by {signal.Signals(code - 128).name}; "
-                "run `cifar10 train` again to resume from models/checkpoint",
+                "run `cifar10 train` again to resume from its checkpoint",
                 code - 128,
             ) from None
         reason = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
@@ -122,3 +145,5 @@ def launch(nproc: int, arguments: Sequence[str]) -> None:
             f"training interrupted by {error.sigval.name}; run `cifar10 train` again to resume",
             int(error.sigval),
         ) from None
+    finally:
+        del os.environ[LAUNCHED_BY]

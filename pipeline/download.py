@@ -56,11 +56,14 @@ def _local_source(url: str) -> Path | None:
     raise DownloadError(f"{url}: unsupported URL scheme {parsed.scheme!r} (use https, http, file or a path)")
 
 
-def _mismatch(source: str, expected: str, actual: str) -> DownloadError:
-    return DownloadError(f"sha256 mismatch for {source}: expected {expected}, got {actual}")
+def _mismatch(source: str, expected: str, actual: str, received: str) -> DownloadError:
+    """The hash line, with what was received: an HTML error page or a re-encoded body shows at once."""
+    return DownloadError(f"sha256 mismatch for {source}: expected {expected}, got {actual} ({received})")
 
 
 def _copy_local(source: Path, target: Path, expected: str) -> None:
+    if source.is_dir():
+        raise DownloadError(f"{source}: is a folder, not the archive file")
     if not source.is_file():
         raise DownloadError(f"{source}: no such file")
     digest = hashlib.sha256()
@@ -73,8 +76,8 @@ def _copy_local(source: Path, target: Path, expected: str) -> None:
             digest.update(chunk)
             writer.write(chunk)
             advance(len(chunk))
-        if digest.hexdigest() != expected:
-            raise _mismatch(str(source), expected, digest.hexdigest())  # atomic_file removes the temporary
+        if digest.hexdigest() != expected:  # atomic_file removes the temporary
+            raise _mismatch(str(source), expected, digest.hexdigest(), f"read {writer.tell():,} bytes")
 
 
 class _Retry(Exception):
@@ -111,6 +114,7 @@ class _HttpTransfer:
         self.partial = partial
         self.client = client
         self.resumed = False  # some bytes in the partial file came from an earlier attempt or run
+        self.received = ""  # what the last answer said it was: Content-Type and Content-Encoding
 
     def attempt(self) -> None:
         """Fetch the rest of the file; raise _Retry or DownloadError on failure."""
@@ -127,6 +131,11 @@ class _HttpTransfer:
                 raise _Retry(f"HTTP {status} {response.reason_phrase}", _retry_after(response))
             if status >= 400:
                 raise DownloadError(f"{self.url}: HTTP {status} {response.reason_phrase}")
+            self.received = ", ".join(
+                f"{name} {response.headers[name]}"
+                for name in ("Content-Type", "Content-Encoding")
+                if name in response.headers
+            )
             if status == 206:
                 match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
                 if match is None or int(match.group(1)) != offset:
@@ -180,6 +189,12 @@ def _download_http(url: str, target: Path, params: DataParams, sleep: Callable[[
         while True:
             try:
                 transfer.attempt()
+            except httpx.TooManyRedirects:
+                raise DownloadError(
+                    f"{url}: more than {client.max_redirects} redirects (a redirect loop?)"
+                ) from None
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as error:  # e.g. a redirect to ftp://
+                raise DownloadError(f"{url}: {error}") from None
             except (_Retry, httpx.TransportError) as error:
                 if failures >= params.retries:
                     raise DownloadError(f"{url}: giving up after {failures + 1} attempts: {error}") from None
@@ -195,6 +210,7 @@ def _download_http(url: str, target: Path, params: DataParams, sleep: Callable[[
                 sleep(delay)
                 continue
             actual = sha256_file(partial)
+            size = partial.stat().st_size
             if actual == params.sha256:
                 os.replace(partial, target)
                 fsync_directory(target.parent)
@@ -204,7 +220,8 @@ def _download_http(url: str, target: Path, params: DataParams, sleep: Callable[[
                 logger.warning("hash mismatch after resuming a partial file; downloading from scratch")
                 transfer.resumed, restarted_after_mismatch = False, True
                 continue
-            raise _mismatch(url, params.sha256, actual)
+            received = f"received {size:,} bytes" + (f", {transfer.received}" if transfer.received else "")
+            raise _mismatch(url, params.sha256, actual, received)
 
 
 def download(params: DataParams, target: Path, *, sleep: Callable[[float], None] = time.sleep) -> bool:

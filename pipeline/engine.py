@@ -13,7 +13,7 @@ import math
 import platform
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -94,6 +94,18 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[None]:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(param: str, batch_size: int, device: torch.device) -> Iterator[None]:
+    """Turn the device running out of memory into one line naming the batch size to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise PipelineError(
+            f"out of memory on {device} with {param}={batch_size}; lower {param} "
+            "(memory grows with the batch)"
+        ) from None
 
 
 def seed_everything(seed: int) -> None:
@@ -239,7 +251,9 @@ def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimi
         return torch.optim.SGD(
             groups, lr=params.lr, momentum=params.momentum, nesterov=params.nesterov, **implementation
         )
-    return torch.optim.Adam(groups, lr=params.lr, betas=(params.momentum, 0.999), **implementation)
+    return torch.optim.Adam(
+        groups, lr=params.lr, betas=(params.momentum, params.adam_beta2), **implementation
+    )
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
@@ -434,6 +448,7 @@ class Evaluation:
     accuracy: float  # of the plain images
     images: int
     predictions: Tensor  # int64 [N], of the plain images
+    confidences: Tensor  # float32 [N]: the predicted class's softmax probability
     tta_accuracy: float | None  # of the logits averaged over the views, when asked for
 
 
@@ -465,6 +480,7 @@ def evaluate(
         tta_translate=tta_translate,
     )
     predictions = views[0].argmax(1)
+    confidences = views[0].softmax(1).gather(1, predictions[:, None])[:, 0]
     sums = torch.stack(
         [
             functional.cross_entropy(views[0], labels, reduction="sum"),
@@ -478,5 +494,10 @@ def evaluate(
     loss_sum, correct, tta_correct, count = sums.tolist()
     count = max(1.0, count)
     return Evaluation(
-        loss_sum / count, correct / count, int(count), predictions, tta_correct / count if tta else None
+        loss_sum / count,
+        correct / count,
+        int(count),
+        predictions,
+        confidences,
+        tta_correct / count if tta else None,
     )

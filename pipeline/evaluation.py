@@ -8,10 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.data import load_split
-from pipeline.engine import DeviceSplit, InputTransform, evaluate, resolve_device, resolve_precision
+from pipeline.data import load_meta, load_split
+from pipeline.engine import (
+    DeviceSplit,
+    InputTransform,
+    evaluate,
+    out_of_memory_hint,
+    resolve_device,
+    resolve_precision,
+)
 from pipeline.errors import PipelineError
-from pipeline.metrics import confusion_csv, per_class_accuracy
+from pipeline.metrics import confusion_csv, per_class_accuracy, wilson_interval
 from pipeline.params import EvaluateParams
 from pipeline.weights import load_model
 
@@ -23,32 +30,41 @@ class EvaluationReport:
 
 
 def evaluate_model(model_path: Path, prepared: Path, params: EvaluateParams) -> EvaluationReport:
-    """Accuracy, loss and per-class accuracy on the test split; with `tta`, also the TTA accuracy."""
+    """Accuracy (with its 95% interval), loss and per-class accuracy on the test split; with
+    `tta`, also the TTA accuracy."""
     device = resolve_device(params.device)
-    precision = resolve_precision("auto", device)
+    precision = resolve_precision(params.precision, device)
     model, card = load_model(model_path, device)
-    test = load_split(prepared, "test")
+    test = load_split(prepared, "test", load_meta(prepared))
     assert test is not None  # load_split raises for a missing test split
     data = DeviceSplit.from_split(test, device)
     transform = InputTransform.create(card.mean, card.std, card.normalize, device)
     started = time.perf_counter()
-    plain = evaluate(
-        model,
-        data,
-        transform,
-        batch_size=params.batch_size,
-        precision=precision,
-        tta=params.tta,
-        tta_translate=params.tta_translate,
-    )
-    metrics: dict[str, Any] = {
-        "accuracy": plain.accuracy,
-        "loss": plain.loss,
-        "per_class": per_class_accuracy(plain.predictions, data.labels, card.classes),
-    }
-    if plain.tta_accuracy is not None:
-        metrics["tta_accuracy"] = plain.tta_accuracy
-    metrics |= {"images": plain.images, "seconds": time.perf_counter() - started}
-    if not math.isfinite(plain.loss):
+    with out_of_memory_hint("evaluate.batch_size", params.batch_size, device):
+        result = evaluate(
+            model,
+            data,
+            transform,
+            batch_size=params.batch_size,
+            precision=precision,
+            tta=params.tta,
+            tta_translate=params.tta_translate,
+        )
+    if not math.isfinite(result.loss):
         raise PipelineError(f"{model_path}: the model gives non-finite logits; no metrics written")
-    return EvaluationReport(metrics, confusion_csv(plain.predictions.cpu(), data.labels.cpu(), card.classes))
+    metrics: dict[str, Any] = {
+        "accuracy": result.accuracy,
+        "accuracy_ci95": wilson_interval(round(result.accuracy * result.images), result.images),
+        "loss": result.loss,
+        "per_class": per_class_accuracy(result.predictions, data.labels, card.classes),
+    }
+    if result.tta_accuracy is not None:
+        metrics["tta_accuracy"] = result.tta_accuracy
+        metrics["tta_accuracy_ci95"] = wilson_interval(
+            round(result.tta_accuracy * result.images), result.images
+        )
+    metrics |= {"images": result.images, "precision": precision, "seconds": time.perf_counter() - started}
+    confusion = confusion_csv(
+        result.predictions.cpu(), result.confidences.cpu(), data.labels.cpu(), card.classes
+    )
+    return EvaluationReport(metrics, confusion)

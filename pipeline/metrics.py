@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,14 +23,37 @@ def per_class_accuracy(predictions: Tensor, labels: Tensor, classes: Sequence[st
     }
 
 
-def confusion_csv(predictions: Tensor, labels: Tensor, classes: Sequence[str]) -> str:
-    """`actual,predicted` with class names, one row per image: the input of DVC's confusion template."""
+def wilson_interval(correct: int, total: int, z: float = 1.959964) -> dict[str, float]:
+    """The Wilson score interval of a proportion, 95% by default (z: the normal quantile).
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest near 0 and 1. At 90%
+    on 10,000 test images it is about +-0.6 points.
+    """
+    if total == 0:
+        return {"low": 0.0, "high": 1.0}
+    share = correct / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z / (1 + z * z / total) * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total))
+    low = 0.0 if correct == 0 else centre - half  # exact bounds at the ends, not 1 - 1e-16
+    high = 1.0 if correct == total else centre + half
+    return {"low": low, "high": high}
+
+
+CONFUSION_COLUMNS = ("image", "actual", "predicted", "confidence")
+
+
+def confusion_csv(predictions: Tensor, confidences: Tensor, labels: Tensor, classes: Sequence[str]) -> str:
+    """One row per test image: its index, true and predicted class names, and the predicted
+    class's probability. `actual` and `predicted` feed DVC's confusion template; `confidence`
+    picks the most confident mistakes for the plots stage."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(("actual", "predicted"))
+    writer.writerow(CONFUSION_COLUMNS)
     writer.writerows(
-        (classes[actual], classes[predicted])
-        for actual, predicted in zip(labels.tolist(), predictions.tolist(), strict=True)
+        (index, classes[actual], classes[predicted], f"{confidence:.4f}")
+        for index, (actual, predicted, confidence) in enumerate(
+            zip(labels.tolist(), predictions.tolist(), confidences.tolist(), strict=True)
+        )
     )
     return buffer.getvalue()
 

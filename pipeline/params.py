@@ -1,25 +1,32 @@
 """Typed, frozen params: one object per params.yaml section, validated in one place.
 
-Every key lives in params.yaml (no hidden defaults here), so `dvc params diff` sees every
-hyperparameter. Errors name the key, e.g. `train.lr: must be > 0`, and raise ParamsError
-(exit code 2) before the pipeline touches any other file.
+Every setting that changes a result lives in params.yaml (no hidden defaults here), so
+`dvc params diff` sees it. The file and `-S` values are read exactly as DVC reads them: YAML 1.2
+through ruamel.yaml (`yes` and `on` are strings, `5e-4` is a float, a key given twice is an
+error). Sections other tools keep in the same params.yaml are left alone. Errors name the key,
+e.g. `train.lr: must be > 0`, and raise ParamsError (exit code 2) before any other file is touched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from pipeline.errors import ParamsError
 
+logger = logging.getLogger(__name__)
+
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+MAX_SEED = 2**32 - 1  # NumPy's legacy seeding takes 32-bit seeds
 
 
 class Section(BaseModel):
@@ -30,16 +37,36 @@ class Section(BaseModel):
 
 class DataParams(Section):
     url: str = Field(min_length=1)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str  # of the archive; upper case is accepted and stored in lower case
     connect_timeout: float = Field(gt=0)  # seconds to open a connection
     read_timeout: float = Field(gt=0)  # seconds without a byte before the attempt is retried
     retries: int = Field(ge=0)  # attempts after the first one
     backoff: float = Field(ge=0)  # seconds before the first retry, doubled after each
 
+    @field_validator("url")
+    @classmethod
+    def _parsable_url(cls, url: str) -> str:
+        try:
+            parsed = urlparse(url)
+            parsed.port  # noqa: B018  (parses the port: `http://host:x` raises here)
+        except ValueError as error:
+            raise ValueError(f"not a valid URL ({error})") from None
+        return url
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _hex_digest(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        digest = value.strip().lower()
+        if len(digest) != 64 or any(character not in "0123456789abcdef" for character in digest):
+            raise ValueError(f"expected the archive's SHA-256 as 64 hexadecimal digits, got {value!r}")
+        return digest
+
 
 class PreprocessParams(Section):
     val_size: int = Field(ge=0)  # training images held out for validation
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, le=MAX_SEED)
 
 
 class ModelParams(Section):
@@ -53,15 +80,20 @@ class AugmentParams(Section):
     cutout: int = Field(ge=0, le=32)  # side in pixels of a zeroed square; 0 turns it off
 
 
+Precision = Literal["auto", "bf16", "fp32"]
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+
+
 class TrainParams(Section):
-    device: str = Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
-    precision: Literal["auto", "bf16", "fp32"]
-    compile: Literal["auto", True, False]
+    device: str = Field(pattern=DEVICE_PATTERN)
+    precision: Precision
+    compile: Literal["auto"] | bool
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)  # global: images per optimizer step over all processes
     optimizer: Literal["sgd", "adam"]
     lr: float = Field(gt=0)  # peak learning rate
     momentum: float = Field(ge=0, lt=1)  # SGD momentum; Adam's beta1
+    adam_beta2: float = Field(ge=0, lt=1)  # Adam's second-moment decay; unused by SGD
     nesterov: bool
     weight_decay: float = Field(ge=0)  # not applied to BatchNorm and bias parameters
     schedule: Literal["onecycle", "cosine", "constant"]
@@ -69,22 +101,36 @@ class TrainParams(Section):
     label_smoothing: float = Field(ge=0, lt=1)
     ema: float = Field(ge=0, lt=1)  # decay of an exponential moving average of the weights; 0 turns it off
     normalize: bool  # subtract the train mean and divide by the std per channel
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, le=MAX_SEED)
     augment: AugmentParams
+    val_batch_size: int = Field(gt=0)  # images per forward pass when scoring the validation split
     checkpoint_every: int = Field(ge=0)  # epochs between checkpoints; 0 only on SIGINT/SIGTERM
     nproc: int = Field(ge=1)  # worker processes on this machine (DistributedDataParallel)
     sync_bn: bool  # synchronise BatchNorm statistics across processes
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _auto_or_boolean(cls, value: Any) -> Any:
+        if value != "auto" and not isinstance(value, bool):  # 1 == True in Python: refuse it here
+            raise ValueError("must be auto, true or false")
+        return value
+
     @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> TrainParams:
+    def _consistent(self) -> TrainParams:
         if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
+        if self.batch_size % self.nproc:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by nproc {self.nproc} "
+                "(each process takes an equal share of every batch)"
+            )
         return self
 
 
 class EvaluateParams(Section):
-    device: str = Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
-    batch_size: int = Field(gt=0)
+    device: str = Field(pattern=DEVICE_PATTERN)  # also the device of `cifar10 predict`
+    precision: Precision  # auto: bf16 autocast where training would use it; also for predict
+    batch_size: int = Field(gt=0)  # images per forward pass, also for predict
     tta: bool  # also report accuracy on logits averaged with the horizontal flip
     tta_translate: bool  # with tta: add 1-pixel translations in four directions
 
@@ -97,41 +143,35 @@ class Params(Section):
     evaluate: EvaluateParams
 
 
+SECTIONS = tuple(Params.model_fields)
+
 # Keys that change how fast or where training runs, not what it computes: a checkpoint
 # written with other values of these may still be resumed.
 RUNTIME_TRAIN_KEYS = frozenset({"device", "compile", "checkpoint_every", "nproc"})
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML reads YAML 1.1, where `5e-4` is a string; DVC writes YAML 1.2, where it is a float."""
-
-
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"
-    ),
-    list("-+0123456789."),
-)
-
-
 def _parse_yaml(text: str, source: str) -> Any:
+    """YAML 1.2 as DVC reads params files (ruamel.yaml, safe): no arbitrary objects, no duplicate keys."""
     try:
-        return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError as error:
+        mark = error.problem_mark if isinstance(error, MarkedYAMLError) else None
         where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ParamsError(f"{where}: invalid YAML: {problem}") from None
+        problem = (error.problem if isinstance(error, MarkedYAMLError) else None) or str(error)
+        raise ParamsError(f"{where}: invalid YAML: {problem.splitlines()[0]}") from None
 
 
 def _apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `-S section.key=value` (the syntax of `dvc exp run -S`); value is read as YAML."""
+    """Apply one `-S section.key=value` (the syntax of `dvc exp run -S`); value is read as YAML 1.2."""
     key, separator, value_text = assignment.partition("=")
     key = key.strip()
     if not separator or not key:
         raise ParamsError(f"-S {assignment}: expected KEY=VALUE, e.g. -S train.epochs=5")
     *parents, leaf = key.split(".")
+    if not parents or parents[0] not in SECTIONS:
+        raise ParamsError(
+            f"-S {key}: {key.split('.')[0]} is not a section of the pipeline ({', '.join(SECTIONS)})"
+        )
     node = raw
     for depth, part in enumerate(parents):
         child = node.setdefault(part, {})
@@ -169,11 +209,14 @@ def _describe(error: Any) -> str:
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:
-    """Validate an already parsed params mapping."""
+    """Validate an already parsed params mapping; sections the pipeline does not know are left out."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    others = [str(name) for name in raw if name not in SECTIONS]
+    if others:
+        logger.info("%s: leaving section %s to other tools", source, ", ".join(others))
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate({name: raw[name] for name in raw if name in SECTIONS})
     except ValidationError as error:
         raise ParamsError("; ".join(_describe(item) for item in error.errors())) from None
 
@@ -184,6 +227,12 @@ def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a params file") from None
+    except UnicodeDecodeError as error:
+        raise ParamsError(
+            f"{path}: not UTF-8 text (byte {error.start} is 0x{error.object[error.start]:02x})"
+        ) from None
     except OSError as error:
         raise ParamsError(f"{path}: cannot read params file: {error.strerror}") from None
     raw = _parse_yaml(text, str(path))

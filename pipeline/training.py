@@ -1,8 +1,9 @@
-"""The training run: data, model, optimizer and the epoch loop, with checkpoints and resume.
+"""The training run, in four phases: set up data and model, resume, the epoch loop, the outcome.
 
-A run can stop at any step boundary (SIGINT, SIGTERM) and continue later from
-models/checkpoint with bit-identical results on CPU: every random draw is a function of the
-seed and the position, and the checkpoint holds all other state. Only the main process writes.
+A run can stop at any step boundary (SIGINT, SIGTERM) and continue later from its checkpoint
+with bit-identical results on CPU: every random draw is a function of the seed and the
+position, and the checkpoint holds all other state. Each run (params and data) has its own
+checkpoint file, so a checkpoint of other params never blocks a run. Only the main process writes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import os
 import platform
 import shutil
 import signal
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,7 +30,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from pipeline.checkpoint import (
     Checkpoint,
     capture_rng,
+    checkpoint_path,
     load_checkpoint,
+    prune_checkpoints,
     remove_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -45,13 +48,14 @@ from pipeline.engine import (
     build_optimizer,
     evaluate,
     learning_rate_factor,
+    out_of_memory_hint,
     place_model,
     resolve_device,
     resolve_precision,
     seed_everything,
     train_one_epoch,
 )
-from pipeline.errors import ModelFileError, PipelineError, TrainingInterrupted
+from pipeline.errors import PipelineError, TrainingInterrupted
 from pipeline.model import build_model
 from pipeline.params import ModelParams, TrainParams, training_digest
 from pipeline.progress import progress
@@ -59,13 +63,52 @@ from pipeline.weights import ModelCard
 
 logger = logging.getLogger(__name__)
 
+History = list[dict[str, Any]]  # one metrics/train_log.tsv row per completed epoch
+Report = Callable[[History, dict[str, Any]], None]  # called on the main process after every epoch
+
 
 @dataclass(frozen=True)
 class TrainOutcome:
     state: dict[str, Tensor]  # final weights (the weight average when train.ema > 0)
     card: ModelCard
     metrics: dict[str, Any]  # metrics/train.json
-    history: list[dict[str, Any]]  # metrics/train_log.tsv, one row per epoch
+    history: History  # metrics/train_log.tsv, one row per epoch
+    checkpoint: Path  # this run's checkpoint file: remove it once the outputs are written
+
+
+@dataclass
+class Progress:
+    """Where a run stands; with the tensors, what a checkpoint holds."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed within `epoch`
+    totals: EpochTotals = field(default_factory=EpochTotals)  # sums of the partial epoch
+    history: History = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a run sets up once: params, data, model, optimizer, and where it checkpoints."""
+
+    model_params: ModelParams
+    params: TrainParams
+    meta: dict[str, Any]  # data/prepared/meta.json
+    setup: TrainSetup  # what train_one_epoch needs (the model in it may be compiled and/or DDP)
+    model: nn.Module  # the plain module that trains
+    average: AveragedModel | None  # the weight average (EMA), when train.ema > 0
+    val_data: DeviceSplit | None
+    identity: dict[str, str]  # params_sha256 and data_sha256, stored in checkpoints
+    checkpoint: Path  # this run's own checkpoint file
+    distributed: Distributed | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.distributed is None or self.distributed.is_main
+
+    @property
+    def final_model(self) -> nn.Module:
+        """The weights that are validated and saved: the average when there is one."""
+        return self.average.module if self.average is not None else self.model
 
 
 class StopRequest:
@@ -110,6 +153,7 @@ def keep_freed_memory() -> None:
 
 
 def data_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of meta.json's content, which holds the SHA-256 of every split file."""
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
@@ -138,22 +182,40 @@ def train(
     model_params: ModelParams,
     params: TrainParams,
     prepared: Path,
-    checkpoint_path: Path,
+    checkpoints: Path,
     *,
     restart: bool = False,
     distributed: Distributed | None = None,
+    report: Report | None = None,
 ) -> TrainOutcome | None:
-    """Train, resuming from `checkpoint_path` when it holds a run with the same params and data.
+    """Train, resuming from this run's checkpoint in the folder `checkpoints` when there is one.
 
-    Returns the outcome on the main process, None on the others. Raises TrainingInterrupted
-    after saving a checkpoint on SIGINT/SIGTERM, and PipelineError on a non-finite loss.
+    `report(history, metrics)` is called on the main process after every epoch (and once
+    after resuming), so progress can be written while training runs. Returns the outcome on
+    the main process, None on the others. Raises TrainingInterrupted after saving a
+    checkpoint on SIGINT/SIGTERM, and PipelineError on a non-finite loss or out of memory.
     """
+    run = _set_up(model_params, params, prepared, checkpoints, distributed)
+    state = _resume(run, restart)
+    _train_epochs(run, state, report)
+    return _outcome(run, state) if run.is_main else None
+
+
+# ----------------------------------------------------------------------------- 1. data and model
+
+
+def _set_up(
+    model_params: ModelParams,
+    params: TrainParams,
+    prepared: Path,
+    checkpoints: Path,
+    distributed: Distributed | None,
+) -> Run:
     rank, world_size = (distributed.rank, distributed.world_size) if distributed else (0, 1)
-    is_main = rank == 0
     meta = load_meta(prepared)
-    train_split, val_split = load_split(prepared, "train"), load_split(prepared, "val")
+    train_split, val_split = load_split(prepared, "train", meta), load_split(prepared, "val", meta)
     assert train_split is not None  # load_split raises for a missing train split
-    if params.batch_size % world_size:
+    if params.batch_size % world_size:  # under an external torchrun: nproc was not the check
         raise PipelineError(
             f"train.batch_size: {params.batch_size} is not divisible by {world_size} processes"
         )
@@ -166,16 +228,13 @@ def train(
     device = resolve_device(params.device)
     if distributed and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank)
-    precision = resolve_precision(params.precision, device)
     if device.type == "cpu":
         keep_freed_memory()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    identity = {"params_sha256": training_digest(model_params, params), "data_sha256": data_digest(meta)}
 
     seed_everything(params.seed)
-    model = build_model(model_params.arch, model_params.width, len(meta["classes"]))
-    model = place_model(model, device)
+    model = place_model(build_model(model_params.arch, model_params.width, len(meta["classes"])), device)
     if distributed and params.sync_bn:
         if device.type != "cuda":
             raise PipelineError("train.sync_bn: PyTorch's SyncBatchNorm works on CUDA devices only")
@@ -186,29 +245,6 @@ def train(
         exponential = get_ema_multi_avg_fn(params.ema)  # type: ignore[no-untyped-call]
         average = AveragedModel(model, multi_avg_fn=exponential, use_buffers=True)
 
-    start_epoch, start_step, totals, history = 0, 0, EpochTotals(), []
-    if restart:
-        if is_main:
-            remove_checkpoint(checkpoint_path)
-    elif checkpoint_path.exists():
-        checkpoint = load_checkpoint(checkpoint_path)
-        for key, value in identity.items():
-            if getattr(checkpoint, key) != value:
-                what = "params" if key == "params_sha256" else "data"
-                raise ModelFileError(
-                    f"{checkpoint_path} was written for other {what}; "
-                    "run `cifar10 train --restart` to discard it and start over"
-                )
-        model.load_state_dict(checkpoint.model)
-        optimizer.load_state_dict(checkpoint.optimizer)
-        if average is not None and checkpoint.average is not None:
-            average.load_state_dict(checkpoint.average)
-        restore_rng(checkpoint.rng)
-        start_epoch, start_step, history = checkpoint.epoch, checkpoint.step, checkpoint.history
-        totals = EpochTotals(**checkpoint.totals)  # type: ignore[arg-type]
-        if is_main:
-            logger.info("resuming from %s at epoch %d, step %d", checkpoint_path, start_epoch + 1, start_step)
-
     runner: nn.Module = model
     if distributed:
         runner = nn.parallel.DistributedDataParallel(
@@ -217,111 +253,180 @@ def train(
     if should_compile(params.compile, device):
         runner = torch.compile(runner)  # type: ignore[assignment]
 
-    data = DeviceSplit.from_split(train_split, device)
-    val_data = DeviceSplit.from_split(val_split, device) if val_split is not None else None
-    transform = InputTransform.create(meta["mean"], meta["std"], params.normalize, device)
-    reduce_sum = distributed.reduce_sum if distributed else None
+    identity = {"params_sha256": training_digest(model_params, params), "data_sha256": data_digest(meta)}
     setup = TrainSetup(
         model=runner,
         optimizer=optimizer,
-        data=data,
-        transform=transform,
+        data=DeviceSplit.from_split(train_split, device),
+        transform=InputTransform.create(meta["mean"], meta["std"], params.normalize, device),
         params=params,
         device=device,
-        precision=precision,
+        precision=resolve_precision(params.precision, device),
         steps_per_epoch=steps_per_epoch,
         rank=rank,
         world_size=world_size,
         after_step=(lambda: average.update_parameters(model)) if average is not None else None,
-        reduce_sum=reduce_sum,
+        reduce_sum=distributed.reduce_sum if distributed else None,
     )
-    final_model: nn.Module = average.module if average is not None else model
-    total_steps = params.epochs * steps_per_epoch
+    return Run(
+        model_params=model_params,
+        params=params,
+        meta=meta,
+        setup=setup,
+        model=model,
+        average=average,
+        val_data=DeviceSplit.from_split(val_split, device) if val_split is not None else None,
+        identity=identity,
+        checkpoint=checkpoint_path(checkpoints, **identity),
+        distributed=distributed,
+    )
 
-    def checkpoint_now(epoch: int, step: int) -> None:
-        if not is_main:
-            return
-        save_checkpoint(
-            checkpoint_path,
-            Checkpoint(
-                epoch=epoch,
-                step=step,
-                totals=vars(totals).copy(),
-                history=history,
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                average=average.state_dict() if average is not None else None,
-                rng=capture_rng(),
-                **identity,
-            ),
-        )
+
+# ----------------------------------------------------------------------------- 2. resume
+
+
+def _resume(run: Run, restart: bool) -> Progress:
+    """This run's state from its checkpoint, or a fresh start; one log line says which."""
+    path = run.checkpoint
+    if restart:
+        if run.is_main:
+            remove_checkpoint(path)
+            logger.info("--restart: training from the start")
+        return Progress()
+    if not path.exists():
+        if run.is_main:
+            logger.info("no checkpoint for these params in %s; training from the start", path.parent)
+        return Progress()
+    checkpoint = load_checkpoint(path)
+    if (checkpoint.params_sha256, checkpoint.data_sha256) != tuple(run.identity.values()):
+        if run.is_main:  # a file put there by hand: it is overwritten at the next checkpoint
+            logger.warning("%s holds another run (other params or data); training from the start", path)
+        return Progress()
+    run.model.load_state_dict(checkpoint.model)
+    run.setup.optimizer.load_state_dict(checkpoint.optimizer)
+    if run.average is not None and checkpoint.average is not None:
+        run.average.load_state_dict(checkpoint.average)
+    restore_rng(checkpoint.rng)
+    if run.is_main:
+        logger.info("resuming from %s at epoch %d, step %d", path, checkpoint.epoch + 1, checkpoint.step)
+    totals = EpochTotals(**checkpoint.totals)  # type: ignore[arg-type]
+    return Progress(checkpoint.epoch, checkpoint.step, totals, checkpoint.history)
+
+
+def _save_checkpoint(run: Run, state: Progress) -> None:
+    if not run.is_main:
+        return
+    save_checkpoint(
+        run.checkpoint,
+        Checkpoint(
+            epoch=state.epoch,
+            step=state.step,
+            totals=vars(state.totals).copy(),
+            history=state.history,
+            model=run.model.state_dict(),
+            optimizer=run.setup.optimizer.state_dict(),
+            average=run.average.state_dict() if run.average is not None else None,
+            rng=capture_rng(),
+            **run.identity,
+        ),
+    )
+    for removed in prune_checkpoints(run.checkpoint):
+        logger.info("removed the old checkpoint %s (other params)", removed)
+
+
+# ----------------------------------------------------------------------------- 3. the epoch loop
+
+
+def _train_epochs(run: Run, state: Progress, report: Report | None) -> None:
+    """Epochs from where `state` stands to the last; `state` moves along, checkpoints are saved."""
+    params, setup = run.params, run.setup
+    if report is not None and run.is_main and state.history:  # a resumed run shows its epochs at once
+        report(state.history, _summary(run, state.history))
 
     with stop_on_signals() as stop:
 
         def should_stop(step: int) -> bool:
             requested = stop.signal_number is not None
-            return distributed.any(requested, device) if distributed else requested
+            return run.distributed.any(requested, setup.device) if run.distributed else requested
 
-        def interrupted(epoch: int, step: int) -> TrainingInterrupted:
-            checkpoint_now(epoch, step)
+        def interrupted() -> TrainingInterrupted:
+            _save_checkpoint(run, state)
             number = stop.signal_number or signal.SIGTERM
             return TrainingInterrupted(
-                f"interrupted by {signal.Signals(number).name} at epoch {epoch + 1}, step {step}; "
-                f"checkpoint saved to {checkpoint_path.parent}; run `cifar10 train` again to resume",
+                f"interrupted by {signal.Signals(number).name} at epoch {state.epoch + 1}, step "
+                f"{state.step}; checkpoint saved to {run.checkpoint}; run `cifar10 train` again to resume",
                 number,
             )
 
-        for epoch in range(start_epoch, params.epochs):
+        while state.epoch < params.epochs:
             try:
                 with (
-                    progress(f"epoch {epoch + 1}/{params.epochs}", steps_per_epoch)
-                    if is_main
-                    else (contextlib.nullcontext(lambda amount: None)) as advance
-                ):
-                    advance(start_step)
-                    result = train_one_epoch(setup, epoch, totals, start_step, should_stop, advance)
+                    progress(f"epoch {state.epoch + 1}/{params.epochs}", setup.steps_per_epoch)
+                    if run.is_main
+                    else contextlib.nullcontext(lambda amount: None)
+                ) as advance:
+                    advance(state.step)
+                    with out_of_memory_hint("train.batch_size", params.batch_size, setup.device):
+                        result = train_one_epoch(
+                            setup, state.epoch, state.totals, state.step, should_stop, advance
+                        )
             except StopTraining:
-                raise interrupted(epoch, totals.images // params.batch_size) from None
-            row: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "lr": params.lr
-                * learning_rate_factor(
-                    (epoch + 1) * steps_per_epoch - 1, total_steps, params.schedule, params.warmup
-                ),
-                "train_loss": result["loss"],
-                "train_acc": result["accuracy"],
-                "val_loss": None,
-                "val_acc": None,
-                "seconds": totals.seconds,
-            }
-            if val_data is not None:
-                evaluation = evaluate(
-                    final_model,
-                    val_data,
-                    transform,
-                    batch_size=max(params.batch_size, 500),
-                    precision=precision,
-                    rank=rank,
-                    world_size=world_size,
-                    reduce_sum=reduce_sum,
-                )
-                row["val_loss"], row["val_acc"] = evaluation.loss, evaluation.accuracy
-            history.append(row)
-            if is_main:
-                logger.info(_format_row(row))
-            start_step, totals = 0, EpochTotals()
-            if epoch + 1 < params.epochs:
+                state.step = state.totals.images // params.batch_size
+                raise interrupted() from None
+            state.history.append(_epoch_row(run, state, result))
+            state.epoch, state.step, state.totals = state.epoch + 1, 0, EpochTotals()
+            if run.is_main:
+                if report is not None:  # first, so the files are there when the line shows
+                    report(state.history, _summary(run, state.history))
+                logger.info(_format_row(state.history[-1]))
+            if state.epoch < params.epochs:
                 if should_stop(0):
-                    raise interrupted(epoch + 1, 0)
-                if params.checkpoint_every and (epoch + 1) % params.checkpoint_every == 0:
-                    checkpoint_now(epoch + 1, 0)
+                    raise interrupted()
+                if params.checkpoint_every and state.epoch % params.checkpoint_every == 0:
+                    _save_checkpoint(run, state)
 
-    if not is_main:
-        return None
-    train_seconds = sum(row["seconds"] for row in history)
-    images = params.epochs * steps_per_epoch * params.batch_size
+
+def _epoch_row(run: Run, state: Progress, result: dict[str, float]) -> dict[str, Any]:
+    """The train_log row of the epoch just trained, with the validation split scored."""
+    params, setup = run.params, run.setup
+    last_step = (state.epoch + 1) * setup.steps_per_epoch - 1
+    total_steps = params.epochs * setup.steps_per_epoch
+    row: dict[str, Any] = {
+        "epoch": state.epoch + 1,
+        "lr": params.lr * learning_rate_factor(last_step, total_steps, params.schedule, params.warmup),
+        "train_loss": result["loss"],
+        "train_acc": result["accuracy"],
+        "val_loss": None,
+        "val_acc": None,
+        "seconds": state.totals.seconds,
+    }
+    if run.val_data is not None:
+        if run.distributed:  # score exactly the saved weights: rank 0's BatchNorm statistics and average
+            run.distributed.broadcast_from_main(run.final_model)
+        with out_of_memory_hint("train.val_batch_size", params.val_batch_size, setup.device):
+            validation = evaluate(
+                run.final_model,
+                run.val_data,
+                setup.transform,
+                batch_size=params.val_batch_size,
+                precision=setup.precision,
+                rank=setup.rank,
+                world_size=setup.world_size,
+                reduce_sum=setup.reduce_sum,
+            )
+        row["val_loss"], row["val_acc"] = validation.loss, validation.accuracy
+    return row
+
+
+# ----------------------------------------------------------------------------- 4. the outcome
+
+
+def _summary(run: Run, history: History) -> dict[str, Any]:
+    """metrics/train.json after the epochs in `history`: the last epoch's figures and the speed."""
     last = history[-1]
-    metrics = {
+    seconds = sum(row["seconds"] for row in history)
+    images = len(history) * run.setup.steps_per_epoch * run.params.batch_size
+    return {
         "train_loss": last["train_loss"],
         "train_accuracy": last["train_acc"],
         **(
@@ -329,21 +434,26 @@ def train(
             if last["val_loss"] is not None
             else {}
         ),
-        "epochs": params.epochs,
-        "train_seconds": train_seconds,
-        "images_per_second": images / train_seconds if train_seconds else 0.0,
-        "device": device.type,
-        "precision": precision,
-        "processes": world_size,
+        "epoch": last["epoch"],  # epochs completed: less than `epochs` while training runs
+        "epochs": run.params.epochs,
+        "train_seconds": seconds,
+        "images_per_second": images / seconds if seconds else 0.0,
+        "device": run.setup.device.type,
+        "precision": run.setup.precision,
+        "processes": run.setup.world_size,
     }
+
+
+def _outcome(run: Run, state: Progress) -> TrainOutcome:
     card = ModelCard(
-        arch=model_params.arch,
-        width=model_params.width,
-        classes=list(meta["classes"]),
-        mean=list(meta["mean"]),
-        std=list(meta["std"]),
-        normalize=params.normalize,
-        params_sha256=identity["params_sha256"],
+        arch=run.model_params.arch,
+        width=run.model_params.width,
+        classes=list(run.meta["classes"]),
+        mean=list(run.meta["mean"]),
+        std=list(run.meta["std"]),
+        normalize=run.params.normalize,
+        params_sha256=run.identity["params_sha256"],
         torch_version=torch.__version__,
     )
-    return TrainOutcome(final_model.state_dict(), card, metrics, history)
+    metrics = _summary(run, state.history)
+    return TrainOutcome(run.final_model.state_dict(), card, metrics, state.history, run.checkpoint)

@@ -68,6 +68,8 @@ def save_model(path: Path, state: dict[str, Tensor], card: ModelCard) -> None:
 
 def read_safetensors(path: Path, kind: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     """All tensors and the metadata of a safetensors file; a missing or damaged file is a ModelFileError."""
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder, not a {kind}")
     if not path.is_file():
         raise ModelFileError(f"{path}: {kind} not found")
     try:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from stages import download, evaluate, predict, preprocess, train
+from stages import download, evaluate, plots, predict, preprocess, train
 
 app = typer.Typer(
     name="cifar10",
-    help="CIFAR-10 pipeline: download -> preprocess -> train -> evaluate, plus predict.",
+    help="CIFAR-10 pipeline: download -> preprocess -> train -> evaluate -> plots, plus predict.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -17,6 +17,7 @@ app.command("download")(download.command)
 app.command("preprocess")(preprocess.command)
 app.command("train")(train.command)
 app.command("evaluate")(evaluate.command)
+app.command("plots")(plots.command)
 app.command("predict")(predict.command)
 
 

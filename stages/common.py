@@ -13,6 +13,7 @@ import typer
 
 from pipeline.errors import PipelineError
 from pipeline.params import Params, load_params
+from stages.paths import LOCKS
 
 ParamsFile = Annotated[Path, typer.Option("--params", help="Params file.", show_default=True)]
 Overrides = Annotated[
@@ -22,6 +23,14 @@ Overrides = Annotated[
     ),
 ]
 DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _NotAProblem(logging.Filter):
+    """Drops torch's "No CUDA runtime is found" line, logged when Inductor compiles on a machine
+    with a CUDA toolkit but no GPU: CPU training does not need one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found")
 
 
 def configure_logging() -> None:
@@ -41,6 +50,9 @@ def configure_logging() -> None:
         logger.handlers = [existing for existing in logger.handlers if existing.get_name() != "cifar10"]
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    torch_extensions = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(existing, _NotAProblem) for existing in torch_extensions.filters):
+        torch_extensions.addFilter(_NotAProblem())
 
 
 @contextlib.contextmanager
@@ -56,3 +68,10 @@ def user_errors() -> Iterator[None]:
 def read_params(params_file: Path, overrides: list[str] | None) -> Params:
     configure_logging()
     return load_params(params_file, overrides or [])
+
+
+def stage_lock(stage: str) -> contextlib.AbstractContextManager[None]:
+    """The workspace lock of one stage: a second `cifar10 <stage>` here is refused while this one runs."""
+    from pipeline.lock import exclusive
+
+    return exclusive(LOCKS / f"{stage}.lock", f"`cifar10 {stage}`")

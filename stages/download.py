@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.download import download
-from stages.common import DEFAULT_PARAMS, Overrides, ParamsFile, read_params, user_errors
+from stages.common import DEFAULT_PARAMS, Overrides, ParamsFile, read_params, stage_lock, user_errors
 from stages.paths import RAW_ARCHIVE
 
 
@@ -11,4 +11,5 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
     """Fetch the CIFAR-10 binary archive (https, http, file:// or a path) and verify its SHA-256."""
     with user_errors():
         params = read_params(params_file, overrides)
-        download(params.data, RAW_ARCHIVE)
+        with stage_lock("download"):
+            download(params.data, RAW_ARCHIVE)

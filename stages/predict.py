@@ -11,7 +11,7 @@ import typer
 from stages.common import DEFAULT_PARAMS, Overrides, ParamsFile, read_params, user_errors
 from stages.paths import MODEL
 
-Images = Annotated[list[Path], typer.Argument(help="PNG or JPEG files, any size.", show_default=False)]
+Images = Annotated[list[Path], typer.Argument(help="PNG, JPEG or TIFF files, any size.", show_default=False)]
 ModelFile = Annotated[Path, typer.Option("--model", help="Weights to use.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -23,15 +23,23 @@ def command(
     params_file: ParamsFile = DEFAULT_PARAMS,
     overrides: Overrides = None,
 ) -> None:
-    """Classify images with the trained model: top 3 classes and probabilities (device: evaluate.device)."""
+    """Classify images with the trained model: top 3 classes and probabilities (params `evaluate`).
+
+    Each image is read on its own: an unreadable one gets an error line, the others are still
+    classified, and the exit code is 1 if any failed.
+    """
     with user_errors():
         params = read_params(params_file, overrides)
         from pipeline.predict import classify
 
-        results = classify(model, images, params.evaluate.device)
-        if as_json:
-            typer.echo(json.dumps(results, indent=2))
-            return
-        for result in results:
+        results = classify(model, images, params.evaluate)
+    for result in results:
+        if "error" in result:
+            typer.echo(f"error: {result['error']}", err=True)
+        elif not as_json:
             ranked = ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in result["top"])
             typer.echo(f"{result['image']}: {ranked}")
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    if any("error" in result for result in results):
+        raise typer.Exit(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from pipeline.data import preprocess
-from stages.common import DEFAULT_PARAMS, Overrides, ParamsFile, read_params, user_errors
+from stages.common import DEFAULT_PARAMS, Overrides, ParamsFile, read_params, stage_lock, user_errors
 from stages.paths import PREPARED, RAW_ARCHIVE
 
 logger = logging.getLogger(__name__)
@@ -15,6 +15,7 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
     """Parse the archive into uint8 tensors, hold out a stratified validation split, compute mean/std."""
     with user_errors():
         params = read_params(params_file, overrides)
-        meta = preprocess(RAW_ARCHIVE, params.preprocess, PREPARED)
+        with stage_lock("preprocess"):
+            meta = preprocess(RAW_ARCHIVE, params.preprocess, PREPARED)
         counts = ", ".join(f"{name} {count}" for name, count in meta["counts"].items())
         logger.info("wrote %s: %s images", PREPARED, counts)

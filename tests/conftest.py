@@ -125,6 +125,8 @@ class FaultyHandler(http.server.BaseHTTPRequestHandler):
             return self._reply(429, b"slow down", {"Retry-After": fault.split(":")[1]})
         if fault.startswith("redirect"):
             return self._reply(302, b"", {"Location": fault.split(":", 1)[1]})
+        if fault == "html":  # a portal or error page served with 200 instead of the file
+            return self._reply(200, b"<html><body>Please log in</body></html>", {"Content-Type": "text/html"})
         if fault == "stall":
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -173,7 +175,7 @@ def http_server() -> Iterator[Server]:
     handler = type("Handler", (FaultyHandler,), {"state": state})
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield Server(f"http://127.0.0.1:{server.server_address[1]}/cifar-10-binary.tar.gz", state)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner, Result
 
+from pipeline.metrics import wilson_interval
 from stages.cli import app
 from tests.conftest import (
     FAST_TRAINING,
@@ -47,7 +52,7 @@ def assert_one_line_error(result: Result, code: int, text: str) -> None:
 def test_help_lists_every_stage() -> None:
     result = invoke("--help")
     assert result.exit_code == 0
-    for name in ("download", "preprocess", "train", "evaluate", "predict"):
+    for name in ("download", "preprocess", "train", "evaluate", "plots", "predict"):
         assert name in result.stdout
 
 
@@ -73,6 +78,11 @@ def test_params_errors_exit_2_before_any_io(project: Path, tiny_archive: TinyArc
     )
     (project / "broken.yaml").write_text("train: [1, 2\n")
     assert_one_line_error(invoke("evaluate", "--params", "broken.yaml"), 2, "broken.yaml:")
+    (project / "latin1.yaml").write_bytes((project / "params.yaml").read_bytes() + b"# caf\xe9\n")
+    assert_one_line_error(invoke("train", "--params", "latin1.yaml"), 2, "latin1.yaml: not UTF-8 text")
+    result = invoke("train", "-S", "train.nproc=3", "-S", "train.batch_size=250")  # before any worker starts
+    assert_one_line_error(result, 2, "train: batch_size 250 is not divisible by nproc 3")
+    assert "worker" not in result.output
 
 
 def test_download_mismatch_is_one_line_and_leaves_nothing(project: Path, tiny_archive: TinyArchive) -> None:
@@ -112,7 +122,8 @@ def trained(project: Path, trained_once: Path) -> Path:
 
 def test_train_writes_weights_metrics_and_log(trained: Path) -> None:
     metrics = json.loads((trained / "metrics/train.json").read_text())
-    assert metrics["epochs"] == 2 and metrics["device"] == "cpu" and metrics["processes"] == 1
+    assert metrics["epoch"] == metrics["epochs"] == 2
+    assert metrics["device"] == "cpu" and metrics["processes"] == 1
     for key in (
         "train_loss",
         "train_accuracy",
@@ -126,23 +137,38 @@ def test_train_writes_weights_metrics_and_log(trained: Path) -> None:
     assert log[0].split("\t") == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
     assert [line.split("\t")[0] for line in log[1:]] == ["1", "2"]
     assert (trained / "models/model.safetensors").stat().st_size > 0
-    assert list((trained / "models/checkpoint").iterdir()) == []
+    assert list((trained / "checkpoints").iterdir()) == []  # removed once the run is complete
 
 
 def test_evaluate_writes_metrics_and_confusion(trained: Path) -> None:
     result = invoke("evaluate", *fast(), "-S", "evaluate.tta_translate=true")
     assert result.exit_code == 0, result.output
     metrics = json.loads((trained / "metrics/eval.json").read_text())
-    assert set(metrics) == {"accuracy", "loss", "per_class", "tta_accuracy", "images", "seconds"}
+    assert set(metrics) == {
+        "accuracy",
+        "accuracy_ci95",
+        "loss",
+        "per_class",
+        "tta_accuracy",
+        "tta_accuracy_ci95",
+        "images",
+        "precision",
+        "seconds",
+    }
     assert metrics["images"] == 20 and 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["tta_accuracy"] <= 1
+    assert metrics["precision"] in ("bf16", "fp32")
+    interval = metrics["accuracy_ci95"]
+    assert interval == wilson_interval(round(metrics["accuracy"] * 20), 20)
+    assert interval["low"] <= metrics["accuracy"] <= interval["high"]
     assert len(metrics["per_class"]) == 10 and all(0 <= value <= 1 for value in metrics["per_class"].values())
-    rows = (trained / "metrics/confusion.csv").read_text().splitlines()
-    assert rows[0] == "actual,predicted" and len(rows) == 21
-    correct = sum(actual == predicted for actual, predicted in (row.split(",") for row in rows[1:]))
+    rows = [row.split(",") for row in (trained / "metrics/confusion.csv").read_text().splitlines()]
+    assert rows[0] == ["image", "actual", "predicted", "confidence"] and len(rows) == 21
+    assert [int(row[0]) for row in rows[1:]] == list(range(20))
+    assert all(0.1 <= float(row[3]) <= 1 for row in rows[1:])  # the top class of 10: at least a tenth
+    correct = sum(actual == predicted for _, actual, predicted, _ in rows[1:])
     assert correct / 20 == pytest.approx(metrics["accuracy"])
     per_class_from_rows = {
-        name: np.mean([p == name for a, p in (row.split(",") for row in rows[1:]) if a == name])
-        for name in metrics["per_class"]
+        name: np.mean([p == name for _, a, p, _ in rows[1:] if a == name]) for name in metrics["per_class"]
     }
     assert per_class_from_rows == pytest.approx(metrics["per_class"])
     result = invoke("evaluate", *fast(), "-S", "evaluate.tta=false")
@@ -195,13 +221,149 @@ def test_predict_on_generated_images(trained: Path, tmp_path: Path) -> None:
     assert invoke("predict", str(gray), "--model", str(moved), *fast()).exit_code == 0
 
 
-def test_predict_rejects_non_images(trained: Path, tmp_path: Path) -> None:
-    text_file = tmp_path / "notes.png"
-    text_file.write_text("not an image")
-    assert_one_line_error(invoke("predict", str(text_file), *fast()), 1, "notes.png: not a readable image")
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and ends there: enough for Pillow's size checks, nothing to decode."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
+
+
+def test_predict_reports_each_bad_image_and_classifies_the_others(trained: Path, tmp_path: Path) -> None:
+    good = [tmp_path / "a.png", tmp_path / "c.png"]
+    for path in good:
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+    broken, folder, bomb = tmp_path / "broken.png", tmp_path / "folder.png", tmp_path / "bomb.png"
+    broken.write_text("not an image")
+    folder.mkdir()
+    bomb.write_bytes(png_header(14000, 14000))
+    absent = tmp_path / "absent.jpg"
+    names = [good[0], broken, folder, absent, bomb, good[1]]
+    result = invoke("predict", *map(str, names), *fast())
+    assert result.exit_code == 1
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == [str(good[0]), str(good[1])]
+    assert result.stderr.splitlines() == [
+        f"error: {broken}: not a readable image (cannot identify image file {str(broken)!r})",
+        f"error: {folder}: is a folder, not an image file",
+        f"error: {absent}: no such file",
+        f"error: {bomb}: larger than the 178,956,970 pixels this command decodes (a guard against "
+        "decompression bombs); scale it down first",
+    ]
+    as_json = invoke("predict", *map(str, names), "--json", *fast())
+    assert as_json.exit_code == 1
+    entries = json.loads(as_json.stdout)
+    assert [entry["image"] for entry in entries] == list(map(str, names))
+    assert ["error" in entry for entry in entries] == [False, True, True, True, True, False]
+    assert entries[0]["top"] == entries[5]["top"]  # the same pixels, wherever they stand
     assert_one_line_error(
-        invoke("predict", str(tmp_path / "absent.jpg"), *fast()), 1, "absent.jpg: no such file"
+        invoke("predict", str(good[0]), "--model", "nope.safetensors", *fast()), 1, "not found"
     )
     assert_one_line_error(
-        invoke("predict", str(text_file), "--model", "nope.safetensors", *fast()), 1, "not a readable image"
+        invoke("predict", str(good[0]), "--model", str(tmp_path), *fast()), 1, "is a folder, not a model file"
     )
+
+
+def test_predict_scales_deep_greyscale_images(trained: Path, tmp_path: Path) -> None:
+    from pipeline.predict import load_image
+
+    sixteen_bit, floating, eight_bit = tmp_path / "g16.png", tmp_path / "f.tiff", tmp_path / "g8.png"
+    Image.fromarray(np.full((40, 40), 32896, dtype=np.uint16)).save(sixteen_bit)  # 32896 = 128 * 257
+    Image.fromarray(np.full((40, 40), 0.5, dtype=np.float32)).save(floating)
+    Image.fromarray(np.full((40, 40), 128, dtype=np.uint8)).save(eight_bit)
+    assert Image.open(sixteen_bit).mode == "I;16" and Image.open(floating).mode == "F"
+    expected = load_image(eight_bit)
+    assert np.array_equal(load_image(sixteen_bit), expected)  # not white
+    assert np.array_equal(load_image(floating), expected)  # not black
+    results = json.loads(invoke("predict", str(sixteen_bit), str(eight_bit), "--json", *fast()).stdout)
+    assert results[0]["top"] == results[1]["top"]
+
+
+def test_a_large_image_is_classified_without_warnings(trained: Path, tmp_path: Path) -> None:
+    large = tmp_path / "large.png"  # 9500 x 9500: above Pillow's warning size, below its refusal
+    Image.new("L", (9500, 9500), 90).save(large, compress_level=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = invoke("predict", str(large), *fast())
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{large}: ") and result.stderr == ""
+    assert [warning.category.__name__ for warning in caught] == []
+
+
+def test_train_refuses_damaged_or_mismatched_data_before_writing(trained: Path) -> None:
+    for output in ("metrics/train.json", "metrics/train_log.tsv"):
+        (trained / output).unlink()
+    weights = (trained / "models/model.safetensors").read_bytes()
+    result = invoke("train", *fast(), "-S", "preprocess.val_size=0")
+    assert_one_line_error(
+        result,
+        1,
+        "data/prepared was made with preprocess.val_size=20 (params say 0); run `cifar10 preprocess`",
+    )
+    for stage, split in (("train", "train"), ("evaluate", "test")):
+        path = trained / f"data/prepared/{split}.safetensors"
+        damaged = bytearray(path.read_bytes())
+        damaged[len(damaged) // 2 : len(damaged) // 2 + 64] = bytes(64)  # the header still parses
+        path.write_bytes(bytes(damaged))
+        message = f"data/prepared/{split}.safetensors: contents differ from the SHA-256 in meta.json"
+        assert_one_line_error(invoke(stage, *fast()), 1, message)
+    assert list((trained / "metrics").iterdir()) == []
+    assert (trained / "models/model.safetensors").read_bytes() == weights
+    assert list((trained / "checkpoints").iterdir()) == []
+
+
+def test_evaluate_out_of_memory_names_the_batch_size(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.evaluation as evaluation
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(evaluation, "evaluate", out_of_memory)
+    result = invoke("evaluate", *fast())
+    assert_one_line_error(
+        result, 1, "out of memory on cpu with evaluate.batch_size=50; lower evaluate.batch_size"
+    )
+    assert not (trained / "metrics/eval.json").exists()
+
+
+def test_plots_draws_three_pictures(trained: Path) -> None:
+    assert invoke("evaluate", *fast()).exit_code == 0
+    result = invoke("plots", *fast())
+    assert result.exit_code == 0, result.output
+    for name in ("learning_curves", "confusion_matrix", "confident_mistakes"):
+        with Image.open(trained / "plots" / f"{name}.png") as picture:
+            assert picture.format == "PNG" and picture.width >= 600, name
+
+
+def test_a_plot_that_cannot_be_drawn_is_one_line_and_loses_nothing(
+    trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.figure import Figure
+
+    assert invoke("evaluate", *fast()).exit_code == 0
+    before = {path: path.read_bytes() for path in (trained / "metrics").iterdir()}
+    weights = (trained / "models/model.safetensors").read_bytes()
+
+    def no_font(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Failed to find font DejaVu Sans")
+
+    monkeypatch.setattr(Figure, "savefig", no_font)
+    result = invoke("plots", *fast())
+    assert_one_line_error(
+        result, 1, "cannot draw plots/learning_curves.png: RuntimeError: Failed to find font DejaVu Sans"
+    )
+    assert {path: path.read_bytes() for path in (trained / "metrics").iterdir()} == before
+    assert (trained / "models/model.safetensors").read_bytes() == weights
+    assert not (trained / "plots").exists()
+
+
+def test_a_second_train_in_the_same_workspace_is_refused_at_once(trained: Path) -> None:
+    from pipeline.lock import exclusive
+
+    weights = (trained / "models/model.safetensors").read_bytes()
+    with exclusive(trained / ".cifar10" / "train.lock", "a running `cifar10 train`"):
+        result = invoke("train", *fast(), "-S", "train.seed=1")
+        assert_one_line_error(result, 1, "`cifar10 train` is already running in this workspace (pid ")
+        assert invoke("evaluate", *fast()).exit_code == 0  # another stage's lock
+    assert (trained / "models/model.safetensors").read_bytes() == weights

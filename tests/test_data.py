@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import tarfile
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import pipeline.data as data_module
-from pipeline.data import preprocess, read_archive, stratified_indices
+from pipeline.data import load_meta, load_split, preprocess, read_archive, stratified_indices
 from pipeline.errors import ArchiveError, PipelineError
 from pipeline.params import PreprocessParams
 from tests.conftest import CLASSES, RECORDS, TinyArchive, official_members, records, write_archive
@@ -203,3 +204,51 @@ def test_gzip_stream_is_read_to_its_end(tiny_archive: TinyArchive, tmp_path: Pat
     path.write_bytes(tiny_archive.path.read_bytes() + gzip.compress(b"x")[:5])
     with pytest.raises(ArchiveError):
         read_archive(path)
+
+
+@pytest.mark.parametrize("edition", ["cifar-10-batches-py", "cifar-10-batches-mat"])
+def test_other_editions_of_cifar10_are_named(tmp_path: Path, edition: str) -> None:
+    path = tmp_path / "other.tar.gz"
+    write_archive(path, {f"{edition}/data_batch_1": b"\x80\x04pickle-or-matlab"})
+    with pytest.raises(ArchiveError, match=r"edition of CIFAR-10 .*the pipeline reads the binary edition"):
+        read_archive(path)
+
+
+def test_meta_records_each_split_hash_and_loading_verifies_it(
+    tiny_archive: TinyArchive, tmp_path: Path
+) -> None:
+    output = tmp_path / "prepared"
+    meta = preprocess(tiny_archive.path, PreprocessParams(val_size=10, seed=0), output)
+    assert sorted(meta["sha256"]) == ["test", "train", "val"]
+    for name in ("train", "val", "test"):
+        assert (
+            meta["sha256"][name] == hashlib.sha256((output / f"{name}.safetensors").read_bytes()).hexdigest()
+        )
+    assert load_split(output, "train", load_meta(output)) is not None
+
+    damaged = bytearray((output / "train.safetensors").read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle : middle + 64] = bytes(64)  # a disk or copy fault: the header still parses
+    (output / "train.safetensors").write_bytes(bytes(damaged))
+    with pytest.raises(PipelineError) as caught:
+        load_split(output, "train", load_meta(output))
+    message = str(caught.value)
+    assert f"{output / 'train.safetensors'}: contents differ from the SHA-256 in meta.json" in message
+    assert message.endswith("run `cifar10 preprocess` again")
+    assert load_split(output, "test", load_meta(output)) is not None  # the other splits still load
+
+
+def test_prepared_data_from_other_preprocess_params_is_refused(
+    tiny_archive: TinyArchive, tmp_path: Path
+) -> None:
+    output = tmp_path / "prepared"
+    preprocess(tiny_archive.path, PreprocessParams(val_size=10, seed=0), output)
+    assert load_meta(output, PreprocessParams(val_size=10, seed=0))["val_size"] == 10
+    with pytest.raises(PipelineError) as caught:
+        load_meta(output, PreprocessParams(val_size=0, seed=0))
+    assert str(caught.value) == (
+        f"{output} was made with preprocess.val_size=10 (params say 0); run `cifar10 preprocess` again"
+    )
+    (output / "meta.json").write_text(json.dumps({"classes": CLASSES}))  # written by an older version
+    with pytest.raises(PipelineError, match="no checksums"):
+        load_meta(output)

@@ -126,6 +126,28 @@ def test_hash_mismatch_leaves_nothing(served: Server, tmp_path: Path) -> None:
     assert leftovers(target.parent) == []
 
 
+def test_hash_mismatch_says_what_arrived(served: Server, tiny_archive: TinyArchive, tmp_path: Path) -> None:
+    served.state.faults = ["html"]
+    with pytest.raises(DownloadError) as caught:
+        download(data_params(served.url, tiny_archive.sha256), tmp_path / "a.tar.gz", sleep=Sleeps())
+    assert str(caught.value).endswith("(received 39 bytes, Content-Type text/html)")
+
+
+def test_redirect_loop_is_one_clear_error(served: Server, tiny_archive: TinyArchive, tmp_path: Path) -> None:
+    served.state.faults = ["redirect:" + served.url] * 30
+    sleeps = Sleeps()
+    with pytest.raises(DownloadError) as caught:
+        download(data_params(served.url, tiny_archive.sha256), tmp_path / "a.tar.gz", sleep=sleeps)
+    assert str(caught.value) == f"{served.url}: more than 20 redirects (a redirect loop?)"
+    assert sleeps == [] and len(served.state.requests) == 21  # not retried
+
+
+def test_a_folder_is_not_the_archive(tiny_archive: TinyArchive, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError) as caught:
+        download(data_params(str(tmp_path), tiny_archive.sha256), tmp_path / "raw" / "a.tar.gz")
+    assert str(caught.value) == f"{tmp_path}: is a folder, not the archive file"
+
+
 def test_stale_partial_file_is_verified_and_replaced(
     served: Server, tiny_archive: TinyArchive, tmp_path: Path
 ) -> None:
@@ -177,7 +199,7 @@ def test_local_sources(form: str, tiny_archive: TinyArchive, tmp_path: Path) -> 
 
 def test_local_mismatch_leaves_nothing(tiny_archive: TinyArchive, tmp_path: Path) -> None:
     target = tmp_path / "raw" / "archive.tar.gz"
-    with pytest.raises(DownloadError, match="sha256 mismatch"):
+    with pytest.raises(DownloadError, match=r"sha256 mismatch .* \(read 346,609 bytes\)$"):
         download(data_params(str(tiny_archive.path), "f" * 64), target)
     assert leftovers(target.parent) == []
 

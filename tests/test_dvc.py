@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import shutil
@@ -19,9 +20,10 @@ pytestmark = pytest.mark.dvc
 BIN = Path(sys.executable).parent
 
 
-def shell(repo: Path, *command: str) -> str:
+def shell(repo: Path, *command: str, env: dict[str, str] | None = None, stderr: bool = False) -> str:
+    """Run a command in `repo`; its stdout (with `stderr`, both streams), asserting success."""
     env = {
-        **os.environ,
+        **(env or os.environ),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "DVC_NO_ANALYTICS": "1",
         "GIT_AUTHOR_NAME": "test",
@@ -31,7 +33,7 @@ def shell(repo: Path, *command: str) -> str:
     }
     result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    return result.stdout + (result.stderr if stderr else "")
 
 
 @pytest.fixture
@@ -60,16 +62,32 @@ def repo(tmp_path: Path, http_server: Server, tiny_archive: TinyArchive) -> Path
     return repo
 
 
-def dvc(repo: Path, *arguments: str) -> str:
-    return shell(repo, str(BIN / "dvc"), *arguments)
+def dvc(repo: Path, *arguments: str, env: dict[str, str] | None = None) -> str:
+    return shell(repo, str(BIN / "dvc"), *arguments, env=env)
 
 
-def test_repro_experiment_and_comparisons(repo: Path, http_server: Server) -> None:
+def dvc_log(repo: Path, *arguments: str, env: dict[str, str] | None = None) -> str:
+    """All that a dvc command prints, both streams: what a user reads."""
+    return shell(repo, str(BIN / "dvc"), *arguments, env=env, stderr=True)
+
+
+def stage_lines(output: str) -> dict[str, str]:
+    """What `dvc repro` or `dvc exp run` did with each stage: ran, skipped or restored from the run-cache."""
+    lines: dict[str, str] = {}
+    for line in output.splitlines():
+        for stage in ("download", "preprocess", "train", "evaluate", "plots"):
+            if f"stage '{stage}'" in line.lower():
+                lines[stage] = line
+    return lines
+
+
+def test_repro_experiments_run_cache_and_comparisons(repo: Path, http_server: Server) -> None:
     dvc(repo, "repro", "preprocess")
     assert (repo / "data/prepared/train.safetensors").exists()
     assert not (repo / "models").exists()
 
-    dvc(repo, "repro")
+    output = dvc_log(repo, "repro")
+    assert "WARNING" not in output, output  # nothing a user would take for a problem
     assert len(http_server.state.requests) == 1
     eval_before = json.loads((repo / "metrics/eval.json").read_text())
     assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 1
@@ -77,13 +95,14 @@ def test_repro_experiment_and_comparisons(repo: Path, http_server: Server) -> No
     shell(repo, "git", "add", "-A")
     shell(repo, "git", "commit", "-qm", "baseline")
 
-    dvc(repo, "exp", "run", "-S", "train.epochs=2")
-    assert len(http_server.state.requests) == 1  # data stages were cached, nothing downloaded again
+    output = dvc_log(repo, "exp", "run", "-S", "train.epochs=2")
+    assert "Running stage 'train'" in output and len(http_server.state.requests) == 1  # no new download
     assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 2
 
     metrics = json.loads(dvc(repo, "metrics", "diff", "--all", "--json"))
     evaluation = metrics["metrics/eval.json"]
     assert evaluation["accuracy"]["old"] == eval_before["accuracy"]
+    assert evaluation["accuracy_ci95.low"]["old"] == eval_before["accuracy_ci95"]["low"]
     assert evaluation["loss"]["old"] == eval_before["loss"] and evaluation["loss"]["diff"] != 0
     assert metrics["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
     assert "accuracy" in dvc(repo, "metrics", "diff", "--all")
@@ -91,9 +110,54 @@ def test_repro_experiment_and_comparisons(repo: Path, http_server: Server) -> No
     params = json.loads(dvc(repo, "params", "diff", "--json"))
     assert params["params.yaml"]["train.epochs"] == {"old": 1, "new": 2, "diff": 1}
 
-    dvc(repo, "plots", "show", "-o", "plots")
-    page = (repo / "plots" / "index.html").read_text()
+    # back to params seen before: every stage comes from DVC's run-cache, nothing is retrained
+    output = dvc_log(repo, "exp", "run", "-S", "train.epochs=1")
+    lines = stage_lines(output)
+    for stage in ("train", "evaluate", "plots"):
+        assert lines[stage] == f"Stage '{stage}' is cached - skipping run, checking out outputs", output
+    assert json.loads((repo / "metrics/eval.json").read_text()) == eval_before
+
+    dvc(repo, "plots", "show", "-o", "rendered")
+    page = (repo / "rendered" / "index.html").read_text()
     assert "train_loss" in page and "predicted" in page
+    pictures = sorted(path.name for path in (repo / "rendered" / "static").iterdir())
+    assert pictures == [
+        f"workspace_plots_{name}.png"
+        for name in ("confident_mistakes", "confusion_matrix", "learning_curves")
+    ]
+
+    # the model is registered: DVC's model registry finds it by name once a version is tagged
+    shell(
+        repo, "git", "tag", "-a", "cifar10-classifier@v1.0.0", "-m", "register v1.0.0", "HEAD"
+    )  # as `gto register` does
+    dvc(repo, "artifacts", "get", str(repo), "cifar10-classifier", "-o", str(repo / "registered.safetensors"))
+    committed = shell(repo, "git", "show", "HEAD:dvc.lock")
+    model_md5 = next(
+        out["md5"]
+        for out in yaml.safe_load(committed)["stages"]["train"]["outs"]
+        if out["path"].startswith("models")
+    )
+    assert hashlib.md5((repo / "registered.safetensors").read_bytes()).hexdigest() == model_md5
+
+
+def test_a_queued_sweep_runs_each_point_in_parallel_workspaces(repo: Path) -> None:
+    dvc(repo, "repro")
+    shell(repo, "git", "add", "-A")
+    shell(repo, "git", "commit", "-qm", "baseline")
+    dvc(repo, "exp", "run", "--queue", "-S", "train.lr=0.05,0.4")
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # two workers on two cores
+    output = dvc_log(repo, "exp", "run", "--run-all", "--jobs", "2", env=one_thread)
+    assert "Ran experiment(s)" in output, output
+    table = json.loads(dvc(repo, "exp", "show", "--json"))
+    experiments = [
+        experiment["revs"][0]["data"]
+        for baseline in table
+        for experiment in baseline.get("experiments") or []
+    ]
+    learning_rates = sorted(data["params"]["params.yaml"]["data"]["train"]["lr"] for data in experiments)
+    assert learning_rates == [0.05, 0.4]
+    accuracies = [data["metrics"]["metrics/eval.json"]["data"]["accuracy"] for data in experiments]
+    assert all(0 <= accuracy <= 1 for accuracy in accuracies)
 
 
 def project_imports(path: Path) -> set[str]:
@@ -119,7 +183,7 @@ def project_imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("stage", ["download", "preprocess", "train", "evaluate"])
+@pytest.mark.parametrize("stage", ["download", "preprocess", "train", "evaluate", "plots"])
 def test_each_stage_depends_on_exactly_the_code_it_imports(stage: str) -> None:
     definition = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
     code = {dependency for dependency in definition["deps"] if dependency.endswith(".py")}

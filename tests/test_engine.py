@@ -247,6 +247,7 @@ def test_evaluate_reports_plain_and_tta_accuracy_from_one_pass() -> None:
         model, data.images, transform, batch_size=16, precision="fp32", tta=True, tta_translate=True
     )
     assert torch.equal(result.predictions, plain.argmax(1))
+    assert torch.allclose(result.confidences, plain.softmax(1).max(1).values)
     assert result.accuracy == pytest.approx((plain.argmax(1) == data.labels).float().mean().item())
     assert result.tta_accuracy == pytest.approx((averaged.argmax(1) == data.labels).float().mean().item())
     assert evaluate(model, data, transform, batch_size=16, precision="fp32").tta_accuracy is None

@@ -46,11 +46,23 @@ def test_override_uses_dvc_syntax_and_yaml_values() -> None:
         (["train.lr=-1"], "train.lr: must be > 0"),
         (["train.warmup=1.5"], "train.warmup: must be <= 1"),
         (["model.arch=vgg"], "model.arch: input should be 'resnet18' or 'tutorial'"),
-        (["data.sha256=abc"], "data.sha256: string should match pattern"),
+        (["data.sha256=abc"], "data.sha256: expected the archive's SHA-256 as 64 hexadecimal digits"),
+        (["data.url=http://[::1"], "data.url: not a valid URL"),
         (["train.device=gpu"], "train.device: string should match pattern"),
         (["train.lr.peak=1"], "train.lr: is a value, not a section"),
         (["train.epochs"], "expected KEY=VALUE"),
         (["train.momentum=0"], "nesterov needs momentum > 0"),
+        # booleans as DVC reads them (YAML 1.2): yes, on and 1 are not true
+        (["train.nesterov=yes"], "train.nesterov: input should be a valid boolean"),
+        (["train.nesterov=on"], "train.nesterov: input should be a valid boolean"),
+        (["train.nesterov=1"], "train.nesterov: input should be a valid boolean"),
+        (["train.compile=1"], "train.compile: must be auto, true or false"),
+        (["train.compile=yes"], "train.compile: must be auto, true or false"),
+        (["train.seed=4294967296"], "train.seed: must be <= 4294967295"),
+        (["preprocess.seed=-1"], "preprocess.seed: must be >= 0"),
+        (["train.nproc=3", "train.batch_size=250"], "batch_size 250 is not divisible by nproc 3"),
+        (["lightning.foo=1"], "-S lightning.foo: lightning is not a section of the pipeline"),
+        (["epochs=1"], "-S epochs: epochs is not a section of the pipeline"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:
@@ -58,6 +70,49 @@ def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:
     assert message in str(error)
     assert error.exit_code == 2
     assert "\n" not in str(error)
+
+
+def test_booleans_and_numbers_read_as_dvc_reads_them() -> None:
+    params = load_params(PARAMS, ["train.nesterov=True", "train.compile=false", "train.seed=4294967295"])
+    assert params.train.nesterov is True and params.train.compile is False
+    assert params.train.seed == 2**32 - 1
+    assert load_params(PARAMS, ["train.compile=auto"]).train.compile == "auto"
+
+
+def test_upper_case_sha256_is_normalised() -> None:
+    digest = "C4A38C50A1BC5F3A1C5537F2155AB9D68F9F25EB1ED8D9DDDA3DB29A59BCA1DD"
+    assert load_params(PARAMS, [f"data.sha256={digest}"]).data.sha256 == digest.lower()
+
+
+def test_sections_of_other_tools_are_left_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS.read_text() + "\nlightning:\n  foo: 1\n")
+    with caplog.at_level("INFO", logger="pipeline.params"):
+        params = load_params(path)
+    assert params.train.epochs == load_params(PARAMS).train.epochs
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{path}: leaving section lightning to other tools"
+    ]
+    path.write_text(PARAMS.read_text().replace("  lr: 0.2", "  lr: 0.2\n  learning_rate: 0.1"))
+    assert "train.learning_rate: unknown key" in str(
+        error_for([], path)
+    )  # inside our sections: still an error
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    text = PARAMS.read_text().replace("  epochs: 26\n", "  epochs: 1\n  epochs: 2\n")
+    path.write_text(text)
+    line = text.splitlines().index("  epochs: 2") + 1
+    error = error_for([], path)
+    assert f"{path}:{line}: invalid YAML: found duplicate key" in str(error) and error.exit_code == 2
+
+
+def test_params_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_bytes(PARAMS.read_bytes() + b"# caf\xe9\n")
+    error = error_for([], path)
+    assert "not UTF-8 text" in str(error) and error.exit_code == 2
 
 
 def test_missing_key_in_file(tmp_path: Path) -> None:

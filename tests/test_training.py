@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,11 +16,11 @@ import pytest
 import torch
 
 import pipeline.training as training
-from pipeline.checkpoint import load_checkpoint
-from pipeline.data import preprocess
+from pipeline.checkpoint import checkpoint_path, load_checkpoint
+from pipeline.data import load_meta, preprocess
 from pipeline.errors import ModelFileError, PipelineError, TrainingInterrupted
-from pipeline.params import Params, PreprocessParams, load_params
-from pipeline.training import TrainOutcome, train
+from pipeline.params import Params, PreprocessParams, load_params, training_digest
+from pipeline.training import TrainOutcome, data_digest, train
 from tests.conftest import FAST_TRAINING, REPO, TinyArchive
 
 
@@ -34,10 +35,29 @@ def fast(*overrides: str) -> Params:
     return load_params(REPO / "params.yaml", [*FAST_TRAINING, "train.checkpoint_every=1", *overrides])
 
 
-def run(params: Params, prepared: Path, checkpoint: Path, **options: Any) -> TrainOutcome:
-    outcome = train(params.model, params.train, prepared, checkpoint, **options)
+def run(params: Params, prepared: Path, checkpoints: Path, **options: Any) -> TrainOutcome:
+    outcome = train(params.model, params.train, prepared, checkpoints, **options)
     assert outcome is not None
     return outcome
+
+
+def own_checkpoint(params: Params, prepared: Path, checkpoints: Path) -> Path:
+    """The checkpoint file of the run with these params and data."""
+    digest = training_digest(params.model, params.train)
+    return checkpoint_path(checkpoints, digest, data_digest(load_meta(prepared)))
+
+
+def interrupt_at(
+    monkeypatch: pytest.MonkeyPatch, params: Params, prepared: Path, checkpoints: Path, step: int
+) -> Path:
+    """Run until SIGINT arrives at global step `step`; return the checkpoint it saved."""
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, step, signal.SIGINT)
+        with pytest.raises(TrainingInterrupted):
+            run(params, prepared, checkpoints)
+    path = own_checkpoint(params, prepared, checkpoints)
+    assert path.exists()
+    return path
 
 
 def assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
@@ -68,10 +88,10 @@ def signal_at_step(monkeypatch: pytest.MonkeyPatch, step: int, number: int = sig
 
 
 def test_same_seed_gives_the_same_weights(prepared: Path, tmp_path: Path) -> None:
-    first = run(fast(), prepared, tmp_path / "a" / "checkpoint.safetensors")
-    second = run(fast(), prepared, tmp_path / "b" / "checkpoint.safetensors")
+    first = run(fast(), prepared, tmp_path / "a")
+    second = run(fast(), prepared, tmp_path / "b")
     assert_same_weights(first.state, second.state)
-    other_seed = run(fast("train.seed=1"), prepared, tmp_path / "c" / "checkpoint.safetensors")
+    other_seed = run(fast("train.seed=1"), prepared, tmp_path / "c")
     assert not torch.equal(first.state["fc.weight"], other_seed.state["fc.weight"])
     assert [row["epoch"] for row in first.history] == [1, 2]
     assert first.metrics["precision"] in ("bf16", "fp32") and first.metrics["device"] == "cpu"
@@ -83,76 +103,129 @@ def test_interrupt_then_resume_is_bit_identical(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_step: int
 ) -> None:
     params = fast("train.epochs=4", "train.ema=0.9")  # 4 steps an epoch; the weight average is state too
-    straight = run(params, prepared, tmp_path / "straight" / "checkpoint.safetensors")
-    checkpoint = tmp_path / "resumed" / "checkpoint.safetensors"
+    straight = run(params, prepared, tmp_path / "straight")
+    checkpoints = tmp_path / "resumed"
     with monkeypatch.context() as patch:
         signal_at_step(patch, stop_step)
         with pytest.raises(TrainingInterrupted) as caught:
-            run(params, prepared, checkpoint)
+            run(params, prepared, checkpoints)
     assert caught.value.exit_code == 128 + signal.SIGTERM
-    saved = load_checkpoint(checkpoint)
+    saved = load_checkpoint(own_checkpoint(params, prepared, checkpoints))
     assert saved.epoch * 4 + saved.step == stop_step
-    resumed = run(params, prepared, checkpoint)
+    resumed = run(params, prepared, checkpoints)
     assert_same_weights(straight.state, resumed.state)
     assert resumed.history == [
         {**row, "seconds": resumed.history[i]["seconds"]} for i, row in enumerate(straight.history)
     ]
 
 
-def test_checkpoint_for_other_params_is_refused_unless_restart(
+def test_a_checkpoint_of_other_params_never_blocks_and_going_back_resumes_it(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    first = interrupt_at(monkeypatch, fast(), prepared, checkpoints, 3)
+    changed = fast("train.lr=0.1")
+    with caplog.at_level("INFO", logger="pipeline.training"):
+        other = run(changed, prepared, checkpoints)
+    assert f"no checkpoint for these params in {checkpoints}; training from the start" in caplog.messages
+    assert_same_weights(other.state, run(changed, prepared, tmp_path / "fresh").state)
+    assert first.exists()  # kept: the earlier params may come back
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline.training"):
+        resumed = run(fast("train.checkpoint_every=0", "train.device=auto"), prepared, checkpoints)
+    assert f"resuming from {first} at epoch 1, step 3" in caplog.messages  # runtime keys may change
+    assert_same_weights(resumed.state, run(fast(), prepared, tmp_path / "straight").state)
+    assert resumed.checkpoint == first
+
+    restarted = run(fast(), prepared, checkpoints, restart=True)  # --restart discards it
+    assert_same_weights(restarted.state, resumed.state)
+
+
+def test_only_the_newest_checkpoints_are_kept(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    checkpoint = tmp_path / "checkpoint.safetensors"
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, 3, signal.SIGINT)
-        with pytest.raises(TrainingInterrupted) as caught:
-            run(fast(), prepared, checkpoint)
-    assert caught.value.exit_code == 128 + signal.SIGINT
-    changed = fast("train.lr=0.1")
-    with pytest.raises(ModelFileError, match=r"written for other params.*--restart"):
-        run(changed, prepared, checkpoint)
-    restarted = run(changed, prepared, checkpoint, restart=True)
-    fresh = run(changed, prepared, tmp_path / "fresh" / "checkpoint.safetensors")
-    assert_same_weights(restarted.state, fresh.state)
-    # runtime settings may change between interruption and resume
-    other = tmp_path / "other" / "checkpoint.safetensors"
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, 3)
-        with pytest.raises(TrainingInterrupted):
-            run(fast(), prepared, other)
-    resumed = run(fast("train.checkpoint_every=0", "train.device=auto"), prepared, other)
-    assert resumed.history[0]["epoch"] == 1 and len(resumed.history) == 2
+    checkpoints = tmp_path / "checkpoints"
+    saved = [
+        interrupt_at(monkeypatch, fast(f"train.lr={lr}"), prepared, checkpoints, 1) for lr in (0.1, 0.2, 0.3)
+    ]
+    os.utime(saved[0], (1, 1))  # the oldest, whatever the clock's resolution
+    newest = interrupt_at(monkeypatch, fast("train.lr=0.4"), prepared, checkpoints, 1)
+    assert sorted(checkpoints.iterdir()) == sorted([*saved[1:], newest])
 
 
-def test_checkpoint_for_other_data_is_refused(
+def test_data_from_other_preprocessing_starts_fresh(
     prepared: Path, tmp_path: Path, tiny_archive: TinyArchive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    checkpoint = tmp_path / "checkpoint.safetensors"
-    with monkeypatch.context() as patch:
-        signal_at_step(patch, 3)
-        with pytest.raises(TrainingInterrupted):
-            run(fast(), prepared, checkpoint)
+    checkpoints = tmp_path / "checkpoints"
+    first = interrupt_at(monkeypatch, fast(), prepared, checkpoints, 3)
     other = tmp_path / "other"
     preprocess(tiny_archive.path, PreprocessParams(val_size=30, seed=0), other)
-    with pytest.raises(ModelFileError, match="written for other data"):
-        run(fast(), other, checkpoint)
+    outcome = run(fast(), other, checkpoints)
+    assert_same_weights(outcome.state, run(fast(), other, tmp_path / "fresh").state)
+    assert first.exists() and outcome.checkpoint != first
 
 
 def test_non_finite_loss_stops_training(prepared: Path, tmp_path: Path) -> None:
-    checkpoint = tmp_path / "checkpoint.safetensors"
+    checkpoints = tmp_path / "checkpoints"
     with pytest.raises(PipelineError, match=r"NaN or infinite at epoch 1, step \d+"):
-        run(fast("train.lr=1e30", "train.momentum=0.99"), prepared, checkpoint)
-    assert not checkpoint.exists()
+        run(fast("train.lr=1e30", "train.momentum=0.99"), prepared, checkpoints)
+    assert not checkpoints.exists() or not list(checkpoints.iterdir())
 
 
 def test_batch_larger_than_the_data_is_an_error(prepared: Path, tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="larger than the 80 training images"):
-        run(fast("train.batch_size=100"), prepared, tmp_path / "checkpoint.safetensors")
+        run(fast("train.batch_size=100"), prepared, tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize(
+    ("where", "param"), [("step", "train.batch_size"), ("validation", "train.val_batch_size")]
+)
+def test_out_of_memory_names_the_batch_size_and_keeps_the_checkpoint(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, param: str
+) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    saved = interrupt_at(monkeypatch, fast(), prepared, checkpoints, 3)
+    before = saved.read_bytes()
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(training, "train_one_epoch" if where == "step" else "evaluate", out_of_memory)
+    with pytest.raises(PipelineError) as caught:
+        run(fast(), prepared, checkpoints)
+    value = fast().train.batch_size if where == "step" else fast().train.val_batch_size
+    assert str(caught.value) == (
+        f"out of memory on cpu with {param}={value}; lower {param} (memory grows with the batch)"
+    )
+    assert saved.read_bytes() == before and list(checkpoints.iterdir()) == [saved]
+
+
+def test_progress_is_reported_after_every_epoch_and_after_resuming(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports: list[tuple[list[int], dict[str, Any]]] = []
+
+    def report(history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+        reports.append(([row["epoch"] for row in history], metrics))
+
+    checkpoints = tmp_path / "checkpoints"
+    params = fast("train.epochs=3")
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, 6, signal.SIGINT)  # in epoch 2, after epoch 1 was reported
+        with pytest.raises(TrainingInterrupted):
+            run(params, prepared, checkpoints, report=report)
+    outcome = run(params, prepared, checkpoints, report=report)
+    assert [epochs for epochs, _ in reports] == [[1], [1], [1, 2], [1, 2, 3]]
+    assert [metrics["epoch"] for _, metrics in reports] == [1, 1, 2, 3]
+    assert reports[-1][1] == outcome.metrics and outcome.metrics["epochs"] == 3
+    assert reports[0][1]["train_loss"] == outcome.history[0]["train_loss"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random bytes", "model file"])
 def test_damaged_checkpoint_is_a_clear_error(prepared: Path, tmp_path: Path, damage: str) -> None:
-    checkpoint = tmp_path / "checkpoint.safetensors"
+    checkpoint = own_checkpoint(fast(), prepared, tmp_path / "checkpoints")
+    checkpoint.parent.mkdir()
     if damage == "truncated":
         straight = tmp_path / "whole.safetensors"
         from pipeline.checkpoint import Checkpoint, capture_rng, save_checkpoint
@@ -181,7 +254,7 @@ def test_damaged_checkpoint_is_a_clear_error(prepared: Path, tmp_path: Path, dam
         card = ModelCard("tutorial", 4, ["a"] * 10, [0.5] * 3, [0.2] * 3, True, "x", "2")
         save_model(checkpoint, {"w": torch.ones(3)}, card)
     with pytest.raises(ModelFileError, match=str(checkpoint)):
-        run(fast(), prepared, checkpoint)
+        run(fast(), prepared, checkpoint.parent)
 
 
 def run_cli(project: Path, *arguments: str, script: str = "", **kwargs: Any) -> subprocess.Popen[str]:
@@ -222,12 +295,18 @@ def test_sigint_to_a_training_process_checkpoints_and_resume_matches(cli_project
     assert process.stderr is not None
     for line in process.stderr:  # the first epoch has finished: 39 remain when the signal arrives
         if "epoch 1 " in line:
+            # progress is on disk while training runs: what `dvc exp show` and `dvc plots show` read
+            done = json.loads((cli_project / "metrics" / "train.json").read_text())["epoch"]
+            rows = (cli_project / "metrics" / "train_log.tsv").read_text().splitlines()[1:]
             process.send_signal(signal.SIGINT)
             break
+    assert 1 <= done < 40 and [row.split("\t")[0] for row in rows] == [
+        str(epoch + 1) for epoch in range(done)
+    ]
     _, errors = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGINT, errors
     assert "interrupted by SIGINT" in errors and "Traceback" not in errors
-    assert (cli_project / "models" / "checkpoint" / "checkpoint.safetensors").exists()
+    assert len(list((cli_project / "checkpoints").glob("*.safetensors"))) == 1
     assert not (cli_project / "models" / "model.safetensors").exists()
 
     resumed = run_cli(cli_project, "train", *options)
@@ -235,7 +314,7 @@ def test_sigint_to_a_training_process_checkpoints_and_resume_matches(cli_project
     assert resumed.returncode == 0, errors
     assert "resuming from" in errors
     assert (cli_project / "models" / "model.safetensors").read_bytes() == weights
-    assert list((cli_project / "models" / "checkpoint").iterdir()) == []
+    assert list((cli_project / "checkpoints").iterdir()) == []
 
 
 def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one(cli_project: Path) -> None:
@@ -264,9 +343,10 @@ def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one(cli_project: P
     process = run_cli(cli_project, "train", *options, script=killer)
     process.communicate(timeout=300)
     assert process.returncode == -signal.SIGKILL
-    folder = cli_project / "models" / "checkpoint"
+    folder = cli_project / "checkpoints"
     assert len(list(folder.iterdir())) == 2  # the previous checkpoint and the half-written temporary
-    assert load_checkpoint(folder / "checkpoint.safetensors").epoch == 2
+    (saved,) = folder.glob("*.safetensors")
+    assert load_checkpoint(saved).epoch == 2
 
     (cli_project / "models" / "model.safetensors").unlink()
     resumed = run_cli(cli_project, "train", *options)
@@ -301,8 +381,8 @@ def test_compile_auto_follows_the_device_and_the_compiler(monkeypatch: pytest.Mo
 def test_compiled_training_saves_plain_weights_close_to_eager(prepared: Path, tmp_path: Path) -> None:
     # fp32 and a small lr, so that the kernels' different rounding is not amplified by training
     settings = ["train.epochs=1", "train.precision=fp32", "train.lr=0.001"]
-    eager = run(fast(*settings), prepared, tmp_path / "a" / "checkpoint.safetensors")
-    compiled = run(fast(*settings, "train.compile=true"), prepared, tmp_path / "b" / "checkpoint.safetensors")
+    eager = run(fast(*settings), prepared, tmp_path / "a")
+    compiled = run(fast(*settings, "train.compile=true"), prepared, tmp_path / "b")
     assert compiled.state.keys() == eager.state.keys()  # no "_orig_mod." prefix from torch.compile
     assert compiled.metrics["train_loss"] == pytest.approx(eager.metrics["train_loss"], rel=1e-4)
     for name, tensor in eager.state.items():
