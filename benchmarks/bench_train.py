@@ -72,7 +72,7 @@ def plain_loop(arch: str, device: str, prepared: Path, batch: int, warmup: int, 
     from torchvision import transforms
 
     meta = load_meta(prepared)
-    split = load_split(prepared, "train")
+    split = load_split(prepared, "train", meta)
     assert split is not None
     pictures = split.images.transpose(0, 2, 3, 1)  # HWC for PIL
 
@@ -130,7 +130,7 @@ def pipeline_loop(
     if device.type == "cpu":
         keep_freed_memory()
     meta = load_meta(prepared)
-    split = load_split(prepared, "train")
+    split = load_split(prepared, "train", meta)
     assert split is not None
     params = load_params(
         REPO / "params.yaml", [f"train.batch_size={batch}", f"train.precision={precision}"]
