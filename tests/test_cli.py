@@ -171,8 +171,9 @@ def test_evaluate_writes_metrics_and_confusion(trained: Path) -> None:
         name: np.mean([p == name for _, a, p, _ in rows[1:] if a == name]) for name in metrics["per_class"]
     }
     assert per_class_from_rows == pytest.approx(metrics["per_class"])
-    result = invoke("evaluate", *fast(), "-S", "evaluate.tta=false")
-    assert "tta_accuracy" not in json.loads((trained / "metrics/eval.json").read_text())
+    result = invoke("evaluate", *fast(), "-S", "evaluate.tta=false", "-S", "evaluate.precision=fp32")
+    plain = json.loads((trained / "metrics/eval.json").read_text())
+    assert "tta_accuracy" not in plain and plain["precision"] == "fp32"
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "other arch", "foreign"])

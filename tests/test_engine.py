@@ -124,8 +124,11 @@ def test_no_weight_decay_on_batchnorm_and_biases() -> None:
     assert all(parameter.ndim == 4 or parameter.ndim == 2 for parameter in decayed["params"])
     assert all(parameter.ndim == 1 for parameter in plain["params"])
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
-    adam = build_optimizer(model, train_params("train.optimizer=adam", "train.nesterov=false"))
+    adam = build_optimizer(
+        model, train_params("train.optimizer=adam", "train.nesterov=false", "train.adam_beta2=0.99")
+    )
     assert isinstance(adam, torch.optim.Adam)
+    assert adam.param_groups[0]["betas"] == (0.9, 0.99)  # momentum and train.adam_beta2, nothing fixed
 
 
 def test_devices_and_precision() -> None:
