@@ -146,8 +146,6 @@ def save_picture(path: Path, draw: Callable[..., bytes], *arguments: object) -> 
     """Draw one picture and write it atomically; any failure to draw is one PipelineError naming the file."""
     try:
         data = draw(*arguments)
-    except PipelineError:
-        raise
     except Exception as error:  # matplotlib raises many kinds (fonts, backends, memory): all mean "not drawn"
         raise PipelineError(f"cannot draw {path}: {type(error).__name__}: {error}") from None
     write_bytes(path, data)

@@ -65,6 +65,5 @@ def command(
             finally:
                 distributed.shutdown()
             if outcome is not None:
-                save_model(MODEL, outcome.state, outcome.card)
-                write_progress(outcome.history, outcome.metrics)
+                save_model(MODEL, outcome.state, outcome.card)  # the last epoch's report wrote the metrics
                 remove_checkpoint(outcome.checkpoint)
