@@ -37,6 +37,7 @@ from pipeline.engine import (  # noqa: E402
     InputTransform,
     TrainSetup,
     build_optimizer,
+    build_train_step,
     place_model,
     resolve_precision,
     train_one_epoch,
@@ -56,8 +57,15 @@ RECIPES: dict[str, list[str]] = {
         "train.augment.cutout=0",
         "evaluate.tta_translate=true",
     ],
-    "gpu-94": ["preprocess.val_size=0", "train.epochs=10", "train.checkpoint_every=0"],
-    "gpu-96": ["preprocess.val_size=0", "train.epochs=40", "train.checkpoint_every=0"],
+    # measured on an H200 by bench_gpu.py (README, Performance, GPU)
+    "gpu-default": ["preprocess.val_size=0", "train.checkpoint_every=0"],
+    "gpu-fast-22": [
+        "preprocess.val_size=0",
+        "train.epochs=22",
+        "train.label_smoothing=0.2",
+        "train.augment.cutout=0",
+        "train.checkpoint_every=0",
+    ],
 }
 
 
@@ -145,14 +153,24 @@ def pipeline_loop(
             torch.cuda.synchronize()
         times.append(time.perf_counter())
 
+    transform = InputTransform.create(meta["mean"], meta["std"], True, device)
+    resolved = resolve_precision(precision, device)
     setup = TrainSetup(
-        model=runner,  # type: ignore[arg-type]
-        optimizer=build_optimizer(model, params),
+        step=build_train_step(
+            runner,  # type: ignore[arg-type]
+            build_optimizer(model, params),
+            transform,
+            params,
+            device=device,
+            precision=resolved,
+            total_steps=warmup + steps,
+            plain_model=model,
+        ),
         data=DeviceSplit.from_split(split, device),
-        transform=InputTransform.create(meta["mean"], meta["std"], True, device),
+        transform=transform,
         params=params,
         device=device,
-        precision=resolve_precision(precision, device),
+        precision=resolved,
         steps_per_epoch=warmup + steps,  # a partial epoch is enough to time
     )
     started = time.perf_counter()
@@ -253,7 +271,7 @@ def time_to_accuracy(recipe: str, archive: Path, sha256: str, repeat: int) -> li
                 subprocess.run([sys.executable, "-m", "stages", stage, *arguments], cwd=folder, check=True)
                 if stage == "train":
                     wall = time.perf_counter() - started
-            train = json.loads((folder / "metrics" / "train.json").read_text())
+            train = json.loads((folder / "reports" / "train.json").read_text())  # timing and device
             evaluation = json.loads((folder / "metrics" / "eval.json").read_text())
             rows.append(
                 {
@@ -289,7 +307,7 @@ def processes(archive: Path, sha256: str, counts: list[int]) -> list[dict[str, A
         for count in counts:
             arguments = [f"--set={item}" for item in (*common, f"train.nproc={count}")]
             subprocess.run([sys.executable, "-m", "stages", "train", *arguments], cwd=folder, check=True)
-            train = json.loads((folder / "metrics" / "train.json").read_text())
+            train = json.loads((folder / "reports" / "train.json").read_text())  # timing and device
             rows.append(
                 {
                     "processes": count,

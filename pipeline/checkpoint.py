@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ from pipeline.files import remove_stale_temporaries, write_bytes
 from pipeline.weights import METADATA_KEY, parse_metadata, read_safetensors, state_tensors
 
 FORMAT = "cifar10-checkpoint/1"
-KEEP = 3  # checkpoint files kept in the folder, newest first: each run's own, by params and data digest
 SUFFIX = ".safetensors"
 
 
@@ -41,6 +41,8 @@ class Checkpoint:
     optimizer: dict[str, Any]  # torch optimizer state_dict
     average: dict[str, Tensor] | None = None  # weight average (EMA) state, when on
     rng: dict[str, Any] = field(default_factory=dict)
+    code_sha256: str = ""  # of the training code (pipeline/*.py) that wrote it
+    params: dict[str, Any] | None = None  # the model and train params by name, for `cifar10 checkpoints`
 
 
 def capture_rng() -> dict[str, Any]:
@@ -72,7 +74,11 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     tensors = {f"model.{name}": tensor for name, tensor in checkpoint.model.items()}
     if checkpoint.average is not None:
         tensors |= {f"average.{name}": tensor for name, tensor in checkpoint.average.items()}
-    optimizer_json: dict[str, Any] = {"param_groups": checkpoint.optimizer["param_groups"], "state": {}}
+    groups = [  # a learning rate kept on the device is a one-element tensor: stored as its value
+        {key: value.item() if isinstance(value, Tensor) else value for key, value in group.items()}
+        for group in checkpoint.optimizer["param_groups"]
+    ]
+    optimizer_json: dict[str, Any] = {"param_groups": groups, "state": {}}
     for index, values in checkpoint.optimizer["state"].items():
         for key, value in values.items():
             if isinstance(value, Tensor):
@@ -92,6 +98,8 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "history": checkpoint.history,
         "params_sha256": checkpoint.params_sha256,
         "data_sha256": checkpoint.data_sha256,
+        "code_sha256": checkpoint.code_sha256,
+        "params": checkpoint.params,
         "optimizer": optimizer_json,
         "rng": {"python": rng["python"], "numpy": rng["numpy"]["rest"], "cuda": len(rng["cuda"])},
         "has_average": checkpoint.average is not None,
@@ -135,29 +143,86 @@ def load_checkpoint(path: Path) -> Checkpoint:
             optimizer={"state": state, "param_groups": optimizer_json["param_groups"]},
             average=_with_prefix(tensors, "average.") if metadata["has_average"] else None,
             rng=rng,
+            code_sha256=metadata.get("code_sha256", ""),
+            params=metadata.get("params"),
         )
     except (KeyError, ValueError, TypeError) as error:
         raise ModelFileError(f"{path}: incomplete checkpoint ({error})") from None
 
 
-def checkpoint_path(folder: Path, params_sha256: str, data_sha256: str) -> Path:
-    """The checkpoint file of the run with these params and data: each run has its own, so a
-    checkpoint left by other params never stands in the way, and going back to them resumes it."""
-    run = hashlib.sha256(f"{params_sha256}:{data_sha256}".encode()).hexdigest()
+def checkpoint_path(folder: Path, params_sha256: str, data_sha256: str, code_sha256: str) -> Path:
+    """The checkpoint file of the run with these params, data and training code: each run has its
+    own, so a checkpoint left by other params never stands in the way, going back to them resumes
+    it, and code changed since never continues weights trained by the old code."""
+    run = hashlib.sha256(f"{params_sha256}:{data_sha256}:{code_sha256}".encode()).hexdigest()
     return folder / f"{run[:16]}{SUFFIX}"
 
 
-def prune_checkpoints(keep: Path, count: int = KEEP) -> list[Path]:
-    """Delete all but the `count` newest checkpoints beside `keep` (never `keep` itself); return them."""
-    others = sorted(
-        (path for path in keep.parent.glob(f"*{SUFFIX}") if path != keep and not path.name.startswith(".")),
-        key=lambda path: path.stat().st_mtime,
-        reverse=True,
-    )
-    removed = others[max(0, count - 1) :]
+@dataclass(frozen=True)
+class Retention:
+    """How much checkpoint state a folder keeps: by total size and by age, never by count."""
+
+    max_bytes: int
+    max_age_seconds: float
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The checkpoint files in `folder`, newest first (half-written temporaries excluded)."""
+    if not folder.is_dir():
+        return []
+    files = [path for path in folder.glob(f"*{SUFFIX}") if not path.name.startswith(".")]
+    return sorted(files, key=lambda path: path.stat().st_mtime, reverse=True)
+
+
+def prune_checkpoints(keep: Path, retention: Retention, now: float | None = None) -> list[Path]:
+    """Delete checkpoints beside `keep` (never `keep` itself) older than the age limit, then the
+    oldest ones while the folder holds more than the size limit; return what was deleted.
+
+    Other runs' checkpoints are never deleted merely because there are many of them: a long
+    interrupted run keeps its progress while a few short tries come and go.
+    """
+    now = time.time() if now is None else now
+    others = [path for path in checkpoint_files(keep.parent) if path != keep]
+    removed = [path for path in others if now - path.stat().st_mtime > retention.max_age_seconds]
+    kept = [path for path in others if path not in removed]
+    total = (keep.stat().st_size if keep.exists() else 0) + sum(path.stat().st_size for path in kept)
+    for path in reversed(kept):  # oldest first
+        if total <= retention.max_bytes:
+            break
+        total -= path.stat().st_size
+        removed.append(path)
     for path in removed:
         remove_checkpoint(path)
     return removed
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What `cifar10 checkpoints` lists about one file, from its header."""
+
+    path: Path
+    size: int  # bytes
+    modified: float  # seconds since the epoch
+    epoch: int | None  # epochs completed (None: not readable as a checkpoint)
+    step: int | None
+    params: dict[str, Any] | None
+
+
+def describe_checkpoints(folder: Path) -> list[CheckpointInfo]:
+    found = []
+    for path in checkpoint_files(folder):
+        status = path.stat()
+        epoch: int | None = None
+        step: int | None = None
+        params: dict[str, Any] | None = None
+        try:
+            _, raw = read_safetensors(path, "checkpoint", tensors=False)
+            metadata = parse_metadata(raw, FORMAT, path, "checkpoint")
+            epoch, step, params = int(metadata["epoch"]), int(metadata["step"]), metadata.get("params")
+        except (ModelFileError, KeyError, ValueError, TypeError):
+            pass  # listed without them: not readable as a checkpoint
+        found.append(CheckpointInfo(path, status.st_size, status.st_mtime, epoch, step, params))
+    return found
 
 
 def remove_checkpoint(path: Path) -> None:

@@ -58,10 +58,14 @@ class Distributed:
 
 
 def from_environment() -> Distributed | None:
-    """The run this process belongs to, from torchrun's variables; None outside such a run."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    """The run this process belongs to, from torchrun's variables; None outside such a run.
+
+    A run of one process under torchrun is a DistributedDataParallel run too, so
+    `torchrun --nproc-per-node 1` tries the same path as a multi-process run.
+    """
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         return None
+    world_size = int(os.environ["WORLD_SIZE"])
     return Distributed(
         rank=int(os.environ["RANK"]),
         world_size=world_size,
@@ -104,7 +108,9 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def launch(nproc: int, arguments: Sequence[str]) -> None:
+def launch(
+    nproc: int, arguments: Sequence[str], resume_hint: str = "run `cifar10 train` again to resume"
+) -> None:
     """Run `python -m stages <arguments>` in `nproc` local workers through torch's elastic launcher.
 
     A worker that fails makes the whole run fail; the error names the rank and its exit code.
@@ -132,8 +138,7 @@ def launch(nproc: int, arguments: Sequence[str]) -> None:
         code = failure.exitcode
         if code > 128 and code - 128 in (signal.SIGINT, signal.SIGTERM):
             raise TrainingInterrupted(
-                f"training interrupted by {signal.Signals(code - 128).name}; "
-                "run `cifar10 train` again to resume from its checkpoint",
+                f"training interrupted by {signal.Signals(code - 128).name}; {resume_hint}",
                 code - 128,
             ) from None
         reason = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
@@ -142,7 +147,7 @@ def launch(nproc: int, arguments: Sequence[str]) -> None:
         ) from None
     except SignalException as error:
         raise TrainingInterrupted(
-            f"training interrupted by {error.sigval.name}; run `cifar10 train` again to resume",
+            f"training interrupted by {error.sigval.name}; {resume_hint}",
             int(error.sigval),
         ) from None
     finally:

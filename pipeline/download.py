@@ -197,7 +197,8 @@ def _download_http(url: str, target: Path, params: DataParams, sleep: Callable[[
                 raise DownloadError(f"{url}: {error}") from None
             except (_Retry, httpx.TransportError) as error:
                 if failures >= params.retries:
-                    raise DownloadError(f"{url}: giving up after {failures + 1} attempts: {error}") from None
+                    attempts = f"{failures + 1} attempt{'s' if failures else ''}"
+                    raise DownloadError(f"{url}: giving up after {attempts}: {error}") from None
                 scheduled = params.backoff * 2**failures
                 requested = error.delay if isinstance(error, _Retry) else None  # Retry-After, or 0 to restart
                 if requested is None:

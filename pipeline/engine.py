@@ -1,15 +1,14 @@
-"""The engine shared by train, evaluate and predict: devices, precision, batches, augmentation, loops.
+"""The engine shared by train, evaluate and predict: devices, precision, data on the device, loops.
 
 The data path has no per-image Python work: a split lives on the device as one uint8 tensor,
-each epoch draws a fresh permutation, and random crops, flips and cutout are applied to whole
-batches on the device. Every random draw is a function of (seed, epoch, step), so a run
-resumed from a checkpoint, or spread over several processes, sees exactly the same batches.
+and each epoch is permuted and augmented in one pass (pipeline.augmentation). Every random draw
+is a function of (seed, epoch), so a run resumed from a checkpoint, or spread over several
+processes, sees exactly the same batches. The step itself is pipeline.step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import platform
 import random
 import time
@@ -23,10 +22,12 @@ import torch
 import torch.nn.functional as functional
 from torch import Tensor, nn
 
+from pipeline.augmentation import augment_epoch
 from pipeline.convolution import use_small_map_convolutions
 from pipeline.data import Split
 from pipeline.errors import PipelineError
-from pipeline.params import AugmentParams, TrainParams
+from pipeline.params import TrainParams
+from pipeline.step import CudaGraphStep, DeviceTotals, LearningRate, TrainStep, WeightAverage
 
 Precision = Literal["bf16", "fp32"]
 ReduceSum = Callable[[Tensor], Tensor]
@@ -115,21 +116,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _derived_seed(*entropy: int) -> int:
-    return int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0])
-
-
-def step_generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
-    """The generator for one step's augmentation draws: a pure function of (seed, epoch, step)."""
-    return torch.Generator(device=device).manual_seed(_derived_seed(seed, epoch, step, 1))
-
-
-def epoch_permutation(count: int, seed: int, epoch: int) -> Tensor:
-    """The order of the training images in one epoch: a pure function of (seed, epoch)."""
-    generator = torch.Generator().manual_seed(_derived_seed(seed, epoch, 0, 0))
-    return torch.randperm(count, generator=generator)
-
-
 # ----------------------------------------------------------------------------- data on the device
 
 
@@ -166,75 +152,7 @@ class InputTransform:
         return normalised.contiguous(memory_format=torch.channels_last)
 
 
-@dataclass(frozen=True)
-class AugmentDraws:
-    """One batch's random choices, drawn for the whole global batch so every process slices the same."""
-
-    shifts: Tensor  # int64 [B, 2]: crop offset (rows, columns) in -padding..padding
-    flips: Tensor  # bool [B]
-    cutout_centres: Tensor  # int64 [B, 2]
-
-    @classmethod
-    def draw(cls, size: int, params: AugmentParams, generator: torch.Generator) -> AugmentDraws:
-        device = generator.device
-        padding = params.crop_padding
-        shifts = torch.randint(-padding, padding + 1, (size, 2), generator=generator, device=device)
-        flips = torch.randint(0, 2, (size,), generator=generator, device=device).bool()
-        centres = torch.randint(0, 32, (size, 2), generator=generator, device=device)
-        return cls(shifts, flips, centres)
-
-    def __getitem__(self, rows: slice) -> AugmentDraws:
-        return AugmentDraws(self.shifts[rows], self.flips[rows], self.cutout_centres[rows])
-
-
-def _reflect(index: Tensor, size: int) -> Tensor:
-    """Map indices in [-size+1, 2 size - 2] onto [0, size) as reflect padding does (no edge repeat)."""
-    index = index.abs()
-    return torch.where(index >= size, 2 * (size - 1) - index, index)
-
-
-def crop_and_flip(images: Tensor, draws: AugmentDraws, params: AugmentParams) -> Tensor:
-    """Per-sample random crop of the reflect-padded image and horizontal flip, as one uint8 gather."""
-    if params.crop_padding == 0 and not params.flip:
-        return images
-    batch, channels, height, width = images.shape
-    positions = torch.arange(height, device=images.device)
-    rows = _reflect(draws.shifts[:, :1] + positions, height)  # [B, 32]
-    columns = _reflect(draws.shifts[:, 1:] + positions, width)  # [B, 32]
-    if params.flip:
-        columns = torch.where(draws.flips[:, None], columns.flip(1), columns)
-    batch_index = torch.arange(batch, device=images.device)[:, None, None, None]
-    channel_index = torch.arange(channels, device=images.device)[None, :, None, None]
-    return images[batch_index, channel_index, rows[:, None, :, None], columns[:, None, None, :]]
-
-
-def cutout(inputs: Tensor, draws: AugmentDraws, size: int) -> Tensor:
-    """Zero a size x size square per sample (the mean, after normalisation); it may cross the border."""
-    if size == 0:
-        return inputs
-    positions = torch.arange(inputs.shape[-1], device=inputs.device)
-    start = draws.cutout_centres - size // 2  # [B, 2]
-    inside_rows = (positions >= start[:, :1]) & (positions < start[:, :1] + size)  # [B, 32]
-    inside_columns = (positions >= start[:, 1:]) & (positions < start[:, 1:] + size)  # [B, 32]
-    mask = inside_rows[:, None, :, None] & inside_columns[:, None, None, :]  # [B, 1, 32, 32]
-    return inputs.masked_fill(mask, 0.0)
-
-
 # ----------------------------------------------------------------------------- optimisation
-
-
-def learning_rate_factor(step: int, total_steps: int, schedule: str, warmup: float) -> float:
-    """Multiplier of the peak lr before optimizer step `step` (0-based) of `total_steps`."""
-    if schedule == "constant":
-        return 1.0
-    warmup_steps = round(warmup * total_steps)
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    decay_steps = total_steps - warmup_steps
-    progress = (step - warmup_steps + 1) / (decay_steps + 1)  # in (0, 1): below the peak, never exactly 0
-    if schedule == "onecycle":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
 
 
 def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
@@ -245,20 +163,23 @@ def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimi
         {"params": decay, "weight_decay": params.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # One fused kernel per step on CUDA; on the CPU the foreach (multi-tensor) path is the fast one.
-    implementation = {"fused": True} if next(model.parameters()).is_cuda else {"foreach": True}
+    # One fused kernel per step on CUDA, safe to capture in a CUDA graph (Adam keeps its step
+    # count on the device); on the CPU the foreach (multi-tensor) path is the fast one.
+    on_cuda = next(model.parameters()).is_cuda
     if params.optimizer == "sgd":
         return torch.optim.SGD(
-            groups, lr=params.lr, momentum=params.momentum, nesterov=params.nesterov, **implementation
+            groups,
+            lr=params.lr,
+            momentum=params.momentum,
+            nesterov=params.nesterov,
+            **({"fused": True} if on_cuda else {"foreach": True}),
         )
     return torch.optim.Adam(
-        groups, lr=params.lr, betas=(params.momentum, params.adam_beta2), **implementation
+        groups,
+        lr=params.lr,
+        betas=(params.momentum, params.adam_beta2),
+        **({"fused": True, "capturable": True} if on_cuda else {"foreach": True}),
     )
-
-
-def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = value
 
 
 # ----------------------------------------------------------------------------- loops
@@ -278,18 +199,52 @@ class EpochTotals:
 class TrainSetup:
     """Everything one epoch of training needs, fixed for the whole run."""
 
-    model: nn.Module  # what runs forward and backward (maybe compiled and/or DistributedDataParallel)
-    optimizer: torch.optim.Optimizer
+    step: TrainStep  # model, optimizer, learning rate, weight average, device-side totals
     data: DeviceSplit
-    transform: InputTransform
+    transform: InputTransform  # also the step's; the validation split is scored with it
     params: TrainParams
     device: torch.device
     precision: Precision
     steps_per_epoch: int
     rank: int = 0
     world_size: int = 1
-    after_step: Callable[[], None] | None = None  # e.g. update the weight average
     reduce_sum: ReduceSum | None = None  # sum a tensor over processes (None: single process)
+    graph: CudaGraphStep | None = None  # the same step replayed as a CUDA graph (train.cuda_graphs)
+
+    def run_step(self, images: Tensor, centres: Tensor, labels: Tensor) -> None:
+        (self.graph or self.step)(images, centres, labels)
+
+
+def build_train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    transform: InputTransform,
+    params: TrainParams,
+    *,
+    device: torch.device,
+    precision: Precision,
+    total_steps: int,
+    plain_model: nn.Module | None = None,
+    average: WeightAverage | None = None,
+) -> TrainStep:
+    """The training step of a run; on CUDA its learning rate lives on the device.
+
+    `model` runs forward and backward (maybe compiled or DistributedDataParallel); `plain_model`
+    (default: `model`) is the module whose weights `average` follows.
+    """
+    return TrainStep(
+        model=model,
+        plain_model=plain_model if plain_model is not None else model,
+        optimizer=optimizer,
+        learning_rate=LearningRate(
+            optimizer, params, total_steps, device=device, on_device=device.type == "cuda"
+        ),
+        transform=transform,
+        params=params,
+        autocast=lambda: autocast(device, precision),
+        totals=DeviceTotals(device),
+        average=average,
+    )
 
 
 class StopTraining(Exception):
@@ -306,68 +261,54 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """Train from `start_step` to the end of `epoch`; `totals` is updated in place.
 
-    `should_stop(steps_done)` is asked after each checked step; when it says yes, StopTraining
-    is raised with `totals` and the optimizer state at a step boundary. Returns the epoch's
-    mean loss and accuracy. A non-finite loss raises PipelineError naming the step.
+    The epoch's batches are augmented in one pass first (pipeline.augmentation); each step then
+    takes a slice. `should_stop(steps_done)` is asked after each checked step; when it says
+    yes, StopTraining is raised with `totals` and the optimizer state at a step boundary.
+    Returns the epoch's mean loss and accuracy. A non-finite loss raises PipelineError naming
+    the step.
     """
     params = setup.params
-    local_batch = params.batch_size // setup.world_size
-    local_rows = slice(setup.rank * local_batch, (setup.rank + 1) * local_batch)
-    order = epoch_permutation(len(setup.data), params.seed, epoch).to(setup.device)
-    total_steps = params.epochs * setup.steps_per_epoch
-    check_every = 1 if setup.device.type == "cpu" else 16  # each check syncs host and device
-    pending: list[Tensor] = []
-    pending_correct = torch.zeros((), dtype=torch.int64, device=setup.device)
-    setup.model.train()
     started = time.perf_counter()
+    batches = augment_epoch(
+        setup.data.images,
+        setup.data.labels,
+        params.augment,
+        seed=params.seed,
+        epoch=epoch,
+        steps=setup.steps_per_epoch,
+        batch_size=params.batch_size,
+        rank=setup.rank,
+        world_size=setup.world_size,
+    )
+    check_every = 1 if setup.device.type == "cpu" else 16  # each check syncs host and device
+    window_start = start_step  # the first step whose sums are still on the device
+    setup.step.model.train()
 
-    def check(step: int) -> None:
-        nonlocal pending, pending_correct
-        losses = torch.stack(pending).float()
-        sums = torch.stack([losses.sum(), pending_correct.float(), (~torch.isfinite(losses)).float().sum()])
+    def check(done: int) -> None:
+        nonlocal window_start
+        local = setup.step.totals.take()  # [loss_sum, correct, steps, first_non_finite]
+        sums = torch.stack([local[0], local[1], (local[3] >= 0).double()])
         if setup.reduce_sum is not None:
             sums = setup.reduce_sum(sums)
-        loss_sum, correct, non_finite = sums.tolist()
+        loss_sum, correct, non_finite, first_here = torch.cat([sums, local[3:]]).tolist()
         if non_finite:
-            # steps step-len+1 .. step are pending; name the first bad one (1-based; on another process
-            # the window's first step)
-            first = step - len(pending) + 1 + int(torch.argmax((~torch.isfinite(losses)).int()))
+            # name the first bad step (1-based); when it was on another process, the window's first
+            first = window_start + max(0, int(first_here))
             raise PipelineError(
                 f"loss became NaN or infinite at epoch {epoch + 1}, step {first + 1}; nothing was written"
             )
-        totals.loss_sum += loss_sum * local_batch
+        totals.loss_sum += loss_sum * batches.batch_size
         totals.correct += int(correct)
-        totals.images += len(pending) * params.batch_size
-        pending, pending_correct = [], torch.zeros_like(pending_correct)
+        totals.images += (done - window_start) * params.batch_size
+        window_start = done
 
     for step in range(start_step, setup.steps_per_epoch):
-        global_step = epoch * setup.steps_per_epoch + step
-        set_learning_rate(
-            setup.optimizer,
-            params.lr * learning_rate_factor(global_step, total_steps, params.schedule, params.warmup),
-        )
-        indices = order[step * params.batch_size : (step + 1) * params.batch_size][local_rows]
-        draws = AugmentDraws.draw(
-            params.batch_size, params.augment, step_generator(params.seed, epoch, step, setup.device)
-        )
-        draws = draws[local_rows]
-        images = crop_and_flip(setup.data.images[indices], draws, params.augment)
-        inputs = cutout(setup.transform(images), draws, params.augment.cutout)
-        labels = setup.data.labels[indices]
-        with autocast(setup.device, setup.precision):
-            logits = setup.model(inputs)
-            loss = functional.cross_entropy(logits.float(), labels, label_smoothing=params.label_smoothing)
-        setup.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        setup.optimizer.step()
-        if setup.after_step is not None:
-            setup.after_step()
-        pending.append(loss.detach())
-        pending_correct += (logits.argmax(1) == labels).sum()
+        setup.step.learning_rate.set(epoch * setup.steps_per_epoch + step)
+        setup.run_step(*batches.batch(step))
         advance(1)
         done = step + 1
         if done % check_every == 0 or done == setup.steps_per_epoch:
-            check(step)
+            check(done)
             totals.seconds += time.perf_counter() - started
             started = time.perf_counter()
             if done < setup.steps_per_epoch and should_stop(done):

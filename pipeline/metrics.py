@@ -65,3 +65,21 @@ def train_log_tsv(history: Sequence[dict[str, Any]]) -> str:
         cells = ["" if row.get(column) is None else f"{row[column]:.6g}" for column in TRAIN_LOG_COLUMNS]
         lines.append("\t".join(cells))
     return "\n".join(lines) + "\n"
+
+
+# The figures that describe a model: what metrics/*.json (and so `dvc exp show`, `dvc metrics diff`)
+# hold. Timing, device and the like change with every run and go to reports/ instead.
+TRAIN_FIGURES = ("val_accuracy", "epoch")  # epoch: epochs done, so a running experiment shows its progress
+EVAL_FIGURES = ("accuracy", "tta_accuracy", "loss")
+
+
+def split_figures(summary: dict[str, Any], figures: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the model's figures, the rest) of a summary."""
+    return (
+        {key: summary[key] for key in figures if key in summary},
+        {key: value for key, value in summary.items() if key not in figures},
+    )
+
+
+def split_train_summary(summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    return split_figures(summary, TRAIN_FIGURES)

@@ -88,6 +88,7 @@ class TrainParams(Section):
     device: str = Field(pattern=DEVICE_PATTERN)
     precision: Precision
     compile: Literal["auto"] | bool
+    cuda_graphs: Literal["auto"] | bool  # replay each step as one CUDA graph (auto: on for CUDA)
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)  # global: images per optimizer step over all processes
     optimizer: Literal["sgd", "adam"]
@@ -104,11 +105,12 @@ class TrainParams(Section):
     seed: int = Field(ge=0, le=MAX_SEED)
     augment: AugmentParams
     val_batch_size: int = Field(gt=0)  # images per forward pass when scoring the validation split
+    val_every: int = Field(gt=0)  # epochs between scores of the validation split; the last is always scored
     checkpoint_every: int = Field(ge=0)  # epochs between checkpoints; 0 only on SIGINT/SIGTERM
     nproc: int = Field(ge=1)  # worker processes on this machine (DistributedDataParallel)
     sync_bn: bool  # synchronise BatchNorm statistics across processes
 
-    @field_validator("compile", mode="before")
+    @field_validator("compile", "cuda_graphs", mode="before")
     @classmethod
     def _auto_or_boolean(cls, value: Any) -> Any:
         if value != "auto" and not isinstance(value, bool):  # 1 == True in Python: refuse it here
@@ -145,9 +147,22 @@ class Params(Section):
 
 SECTIONS = tuple(Params.model_fields)
 
-# Keys that change how fast or where training runs, not what it computes: a checkpoint
-# written with other values of these may still be resumed.
-RUNTIME_TRAIN_KEYS = frozenset({"device", "compile", "checkpoint_every", "nproc"})
+# Keys that change where or how fast training runs, or only what it logs, not the weights it
+# computes (beyond floating-point rounding): a checkpoint written with other values of these may
+# still be resumed, and a model trained with them is still the model of the params.
+RUNTIME_TRAIN_KEYS = frozenset(
+    {"device", "compile", "cuda_graphs", "checkpoint_every", "nproc", "val_batch_size", "val_every"}
+)
+# Settings that cannot change any output, only where or how patiently the hash-checked archive is
+# fetched and how often training saves its state. dvc.yaml leaves them out of every stage's
+# params, so changing them reruns nothing; params.yaml marks them "run-time only".
+RUN_TIME_ONLY = {
+    "data": ("url", "connect_timeout", "read_timeout", "retries", "backoff"),
+    "train": ("checkpoint_every",),
+}
+# The version of the training procedure (batch order, augmentation draws, step), part of the
+# digest: a checkpoint of an earlier procedure is never resumed by a later one.
+TRAINING_PROCEDURE = 2
 
 
 def _parse_yaml(text: str, source: str) -> Any:
@@ -245,10 +260,44 @@ def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:
     return parse_params(raw, str(path))
 
 
-def training_digest(model: ModelParams, train: TrainParams) -> str:
-    """SHA-256 of every setting that changes the trained weights (not where or how fast they are computed)."""
-    payload = {
+def trained_params(model: ModelParams, train: TrainParams) -> dict[str, Any]:
+    """The settings that make the trained weights (not where or how fast they are computed), as JSON."""
+    return {
         "model": model.model_dump(mode="json"),
         "train": train.model_dump(mode="json", exclude=set(RUNTIME_TRAIN_KEYS)),
     }
+
+
+def training_digest(model: ModelParams, train: TrainParams) -> str:
+    """SHA-256 of trained_params and the version of the training procedure."""
+    payload = {"procedure": TRAINING_PROCEDURE, **trained_params(model, train)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"augment": {"flip": true}}} -> {"train.augment.flip": true}, as DVC names params."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+def differences(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two nested mappings (missing counts as different)."""
+    one, two = flatten(first), flatten(second)
+    return sorted(key for key in one.keys() | two.keys() if one.get(key, None) != two.get(key, None))
+
+
+# `cifar10 predict` outside a repository (no params.yaml, none named): the evaluate section of the
+# params.yaml this project ships, which a test keeps equal.
+SHIPPED_EVALUATE = {
+    "device": "auto",
+    "precision": "auto",
+    "batch_size": 1000,
+    "tta": True,
+    "tta_translate": True,
+}

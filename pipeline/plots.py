@@ -65,6 +65,10 @@ def _read_table(path: Path, delimiter: str) -> list[dict[str, str]]:
 
 def learning_curves(log: dict[str, np.ndarray]) -> bytes:
     """Loss and accuracy per epoch, train and validation side by side."""
+    return _png(learning_curves_figure(log))
+
+
+def learning_curves_figure(log: dict[str, np.ndarray]) -> Figure:
     figure = Figure(figsize=(10, 4), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     accuracy_axes.yaxis.set_major_formatter(PercentFormatter(1.0))
@@ -74,32 +78,44 @@ def learning_curves(log: dict[str, np.ndarray]) -> bytes:
             if not np.isnan(values).all():
                 axes.plot(log["epoch"], values, marker="o", markersize=3, label=split)
         axes.set(title=title, xlabel="epoch")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epochs = log["epoch"]
+        if len(epochs) <= 12:  # each epoch its tick; with one epoch, no fractional ticks around it
+            axes.set_xticks(epochs)
+            axes.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         axes.legend()
-    return _png(figure)
+    return figure
 
 
 def confusion_matrix(predictions: Predictions, classes: Sequence[str]) -> bytes:
     """Test confusion matrix: counts, and each true class's row as shares of that class."""
+    return _png(confusion_matrix_figure(predictions, classes))
+
+
+def confusion_matrix_figure(predictions: Predictions, classes: Sequence[str]) -> Figure:
     count = len(classes)
     counts = np.zeros((count, count), dtype=np.int64)
     np.add.at(counts, (predictions.actual, predictions.predicted), 1)
     shares = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
     figure = Figure(figsize=(14, 6), layout="constrained")
-    for axes, values, title, text in zip(
+    for axes, values, title, text, limit in zip(
         figure.subplots(1, 2),
         (counts, shares),
         ("Counts", "Share of each true class"),
         ("{:d}", "{:.0%}"),
+        (None, 1.0),  # shares on a fixed 0-100% scale, so pictures of two runs compare
         strict=True,
     ):
-        image = axes.imshow(values, cmap="Blues")
-        figure.colorbar(image, ax=axes, shrink=0.8)
+        image = axes.imshow(values, cmap="Blues", vmin=0, vmax=limit)
+        colorbar = figure.colorbar(image, ax=axes, shrink=0.8)
+        if limit is not None:
+            colorbar.ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         axes.set(title=title, xlabel="predicted", ylabel="actual", xticks=range(count), yticks=range(count))
         axes.set_xticklabels(classes, rotation=45, ha="right")
         axes.set_yticklabels(classes)
-        threshold = values.max() / 2
+        threshold = (limit if limit is not None else values.max()) / 2
         for row in range(count):
             for column in range(count):
                 value = values[row, column]
@@ -112,7 +128,7 @@ def confusion_matrix(predictions: Predictions, classes: Sequence[str]) -> bytes:
                     fontsize=7,
                     color="white" if value > threshold else "black",
                 )
-    return _png(figure)
+    return figure
 
 
 def confident_mistakes(

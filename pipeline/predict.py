@@ -94,6 +94,8 @@ def classify(
             transform,
             batch_size=params.batch_size,
             precision=resolve_precision(params.precision, device),
+            tta=params.tta,  # as for the test set: the mirror (and 1-pixel shifts) averaged in
+            tta_translate=params.tta_translate,
         )
     probabilities, classes = logits.softmax(1).topk(min(top, len(card.classes)), dim=1)
     readable = iter(zip(classes.tolist(), probabilities.tolist(), strict=True))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,10 +26,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.checkpoint import (
     Checkpoint,
+    Retention,
     capture_rng,
     checkpoint_path,
     load_checkpoint,
@@ -46,8 +47,8 @@ from pipeline.engine import (
     StopTraining,
     TrainSetup,
     build_optimizer,
+    build_train_step,
     evaluate,
-    learning_rate_factor,
     out_of_memory_hint,
     place_model,
     resolve_device,
@@ -57,8 +58,9 @@ from pipeline.engine import (
 )
 from pipeline.errors import PipelineError, TrainingInterrupted
 from pipeline.model import build_model
-from pipeline.params import ModelParams, TrainParams, training_digest
+from pipeline.params import ModelParams, TrainParams, trained_params, training_digest
 from pipeline.progress import progress
+from pipeline.step import CudaGraphStep, WeightAverage, learning_rate_factor
 from pipeline.weights import ModelCard
 
 logger = logging.getLogger(__name__)
@@ -95,11 +97,13 @@ class Run:
     meta: dict[str, Any]  # data/prepared/meta.json
     setup: TrainSetup  # what train_one_epoch needs (the model in it may be compiled and/or DDP)
     model: nn.Module  # the plain module that trains
-    average: AveragedModel | None  # the weight average (EMA), when train.ema > 0
+    average: WeightAverage | None  # the weight average (EMA), when train.ema > 0
     val_data: DeviceSplit | None
-    identity: dict[str, str]  # params_sha256 and data_sha256, stored in checkpoints
+    identity: dict[str, str]  # params_sha256, data_sha256 and code_sha256, stored in checkpoints
     checkpoint: Path  # this run's own checkpoint file
     distributed: Distributed | None
+    retention: Retention | None  # how much the checkpoint folder keeps (None: everything)
+    resume_hint: str  # what to run to resume, in the interrupt message
 
     @property
     def is_main(self) -> bool:
@@ -152,6 +156,14 @@ def keep_freed_memory() -> None:
         libc.mallopt(top_pad, 256 << 20)
 
 
+def code_digest() -> str:
+    """SHA-256 of the library's source files (pipeline/*.py): the code a checkpoint was trained by."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def data_digest(meta: dict[str, Any]) -> str:
     """SHA-256 of meta.json's content, which holds the SHA-256 of every split file."""
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
@@ -168,6 +180,24 @@ def should_compile(setting: str | bool, device: torch.device) -> bool:
     if device.type == "cpu":
         return shutil.which(os.environ.get("CXX", "g++")) is not None
     return device.type == "cuda"
+
+
+def should_capture(setting: str | bool, device: torch.device, data_parallel: bool) -> bool:
+    """`auto`: on for CUDA without DistributedDataParallel. DDP steps are not captured (its
+    gradient buckets and collectives need their own capture setup), nor steps on other devices;
+    an explicit `true` there says so in one warning line and trains uncaptured."""
+    if setting is False:
+        return False
+    reason = None
+    if device.type != "cuda":
+        reason = f"CUDA graphs need a CUDA device, not {device.type}"
+    elif data_parallel:
+        reason = "DistributedDataParallel steps (torchrun, train.nproc > 1) are not captured"
+    if reason is None:
+        return True
+    if setting is True:
+        logger.warning("train.cuda_graphs: %s; training uncaptured", reason)
+    return False
 
 
 def _format_row(row: dict[str, Any]) -> str:
@@ -187,15 +217,19 @@ def train(
     restart: bool = False,
     distributed: Distributed | None = None,
     report: Report | None = None,
+    retention: Retention | None = None,
+    resume_hint: str = "run `cifar10 train` again to resume",
 ) -> TrainOutcome | None:
     """Train, resuming from this run's checkpoint in the folder `checkpoints` when there is one.
 
     `report(history, metrics)` is called on the main process after every epoch (and once
     after resuming), so progress can be written while training runs. Returns the outcome on
     the main process, None on the others. Raises TrainingInterrupted after saving a
-    checkpoint on SIGINT/SIGTERM, and PipelineError on a non-finite loss or out of memory.
+    checkpoint on SIGINT/SIGTERM (its message ends with `resume_hint`), and PipelineError on a
+    non-finite loss or out of memory. After each checkpoint, the folder is pruned to `retention`.
     """
     run = _set_up(model_params, params, prepared, checkpoints, distributed)
+    run = dataclasses.replace(run, retention=retention, resume_hint=resume_hint)
     state = _resume(run, restart)
     _train_epochs(run, state, report)
     return _outcome(run, state) if run.is_main else None
@@ -240,10 +274,7 @@ def _set_up(
             raise PipelineError("train.sync_bn: PyTorch's SyncBatchNorm works on CUDA devices only")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
     optimizer = build_optimizer(model, params)
-    average = None
-    if params.ema:
-        exponential = get_ema_multi_avg_fn(params.ema)  # type: ignore[no-untyped-call]
-        average = AveragedModel(model, multi_avg_fn=exponential, use_buffers=True)
+    average = WeightAverage(model, params.ema) if params.ema else None
 
     runner: nn.Module = model
     if distributed:
@@ -253,20 +284,38 @@ def _set_up(
     if should_compile(params.compile, device):
         runner = torch.compile(runner)  # type: ignore[assignment]
 
-    identity = {"params_sha256": training_digest(model_params, params), "data_sha256": data_digest(meta)}
+    identity = {
+        "params_sha256": training_digest(model_params, params),
+        "data_sha256": data_digest(meta),
+        "code_sha256": code_digest(),
+    }
+    precision = resolve_precision(params.precision, device)
+    transform = InputTransform.create(meta["mean"], meta["std"], params.normalize, device)
+    step = build_train_step(
+        runner,
+        optimizer,
+        transform,
+        params,
+        device=device,
+        precision=precision,
+        total_steps=params.epochs * steps_per_epoch,
+        plain_model=model,
+        average=average,
+    )
     setup = TrainSetup(
-        model=runner,
-        optimizer=optimizer,
+        step=step,
         data=DeviceSplit.from_split(train_split, device),
-        transform=InputTransform.create(meta["mean"], meta["std"], params.normalize, device),
+        transform=transform,
         params=params,
         device=device,
-        precision=resolve_precision(params.precision, device),
+        precision=precision,
         steps_per_epoch=steps_per_epoch,
         rank=rank,
         world_size=world_size,
-        after_step=(lambda: average.update_parameters(model)) if average is not None else None,
         reduce_sum=distributed.reduce_sum if distributed else None,
+        graph=CudaGraphStep(step)
+        if should_capture(params.cuda_graphs, device, distributed is not None)
+        else None,
     )
     return Run(
         model_params=model_params,
@@ -279,6 +328,8 @@ def _set_up(
         identity=identity,
         checkpoint=checkpoint_path(checkpoints, **identity),
         distributed=distributed,
+        retention=None,
+        resume_hint="",
     )
 
 
@@ -298,12 +349,14 @@ def _resume(run: Run, restart: bool) -> Progress:
             logger.info("no checkpoint for these params in %s; training from the start", path.parent)
         return Progress()
     checkpoint = load_checkpoint(path)
-    if (checkpoint.params_sha256, checkpoint.data_sha256) != tuple(run.identity.values()):
+    found = (checkpoint.params_sha256, checkpoint.data_sha256, checkpoint.code_sha256)
+    if found != (run.identity["params_sha256"], run.identity["data_sha256"], run.identity["code_sha256"]):
         if run.is_main:  # a file put there by hand: it is overwritten at the next checkpoint
-            logger.warning("%s holds another run (other params or data); training from the start", path)
+            logger.warning("%s holds another run (other params, data or code); training from the start", path)
         return Progress()
     run.model.load_state_dict(checkpoint.model)
-    run.setup.optimizer.load_state_dict(checkpoint.optimizer)
+    run.setup.step.optimizer.load_state_dict(checkpoint.optimizer)
+    run.setup.step.learning_rate.attach()  # the device-side learning rate, where there is one
     if run.average is not None and checkpoint.average is not None:
         run.average.load_state_dict(checkpoint.average)
     restore_rng(checkpoint.rng)
@@ -324,14 +377,18 @@ def _save_checkpoint(run: Run, state: Progress) -> None:
             totals=vars(state.totals).copy(),
             history=state.history,
             model=run.model.state_dict(),
-            optimizer=run.setup.optimizer.state_dict(),
+            optimizer=run.setup.step.optimizer.state_dict(),
             average=run.average.state_dict() if run.average is not None else None,
             rng=capture_rng(),
+            params=trained_params(run.model_params, run.params),
             **run.identity,
         ),
     )
-    for removed in prune_checkpoints(run.checkpoint):
-        logger.info("removed the old checkpoint %s (other params)", removed)
+    if run.retention is not None:
+        for removed in prune_checkpoints(run.checkpoint, run.retention):
+            logger.info(
+                "removed the checkpoint %s of another run (over the folder's age or size limit)", removed
+            )
 
 
 # ----------------------------------------------------------------------------- 3. the epoch loop
@@ -354,7 +411,7 @@ def _train_epochs(run: Run, state: Progress, report: Report | None) -> None:
             number = stop.signal_number or signal.SIGTERM
             return TrainingInterrupted(
                 f"interrupted by {signal.Signals(number).name} at epoch {state.epoch + 1}, step "
-                f"{state.step}; checkpoint saved to {run.checkpoint}; run `cifar10 train` again to resume",
+                f"{state.step}; checkpoint saved to {run.checkpoint}; {run.resume_hint}",
                 number,
             )
 
@@ -400,7 +457,8 @@ def _epoch_row(run: Run, state: Progress, result: dict[str, float]) -> dict[str,
         "val_acc": None,
         "seconds": state.totals.seconds,
     }
-    if run.val_data is not None:
+    scored = (state.epoch + 1) % params.val_every == 0 or state.epoch + 1 == params.epochs
+    if run.val_data is not None and scored:
         if run.distributed:  # score exactly the saved weights: rank 0's BatchNorm statistics and average
             run.distributed.broadcast_from_main(run.final_model)
         with out_of_memory_hint("train.val_batch_size", params.val_batch_size, setup.device):
@@ -424,14 +482,15 @@ def _epoch_row(run: Run, state: Progress, result: dict[str, float]) -> dict[str,
 def _summary(run: Run, history: History) -> dict[str, Any]:
     """metrics/train.json after the epochs in `history`: the last epoch's figures and the speed."""
     last = history[-1]
+    validated = [row for row in history if row["val_loss"] is not None]  # train.val_every may skip some
     seconds = sum(row["seconds"] for row in history)
     images = len(history) * run.setup.steps_per_epoch * run.params.batch_size
     return {
         "train_loss": last["train_loss"],
         "train_accuracy": last["train_acc"],
         **(
-            {"val_loss": last["val_loss"], "val_accuracy": last["val_acc"]}
-            if last["val_loss"] is not None
+            {"val_loss": validated[-1]["val_loss"], "val_accuracy": validated[-1]["val_acc"]}
+            if validated
             else {}
         ),
         "epoch": last["epoch"],  # epochs completed: less than `epochs` while training runs
@@ -453,6 +512,7 @@ def _outcome(run: Run, state: Progress) -> TrainOutcome:
         std=list(run.meta["std"]),
         normalize=run.params.normalize,
         params_sha256=run.identity["params_sha256"],
+        params=trained_params(run.model_params, run.params),
         torch_version=torch.__version__,
     )
     metrics = _summary(run, state.history)

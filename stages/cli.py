@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from stages import download, evaluate, plots, predict, preprocess, train
+from stages import checkpoints, download, evaluate, plots, predict, preprocess, train
 
 app = typer.Typer(
     name="cifar10",
@@ -19,6 +19,7 @@ app.command("train")(train.command)
 app.command("evaluate")(evaluate.command)
 app.command("plots")(plots.command)
 app.command("predict")(predict.command)
+app.command("checkpoints")(checkpoints.command)
 
 
 def main() -> None:

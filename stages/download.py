@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from pipeline.download import download
-from stages.common import DEFAULT_PARAMS, Overrides, ParamsFile, read_params, stage_lock, user_errors
+from stages.common import (
+    DEFAULT_PARAMS,
+    Overrides,
+    ParamsFile,
+    note_overrides_unknown_to_dvc,
+    read_params,
+    run_as_script,
+    stage_lock,
+    user_errors,
+)
 from stages.paths import RAW_ARCHIVE
 
 
@@ -13,3 +22,8 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
         params = read_params(params_file, overrides)
         with stage_lock("download"):
             download(params.data, RAW_ARCHIVE)
+        note_overrides_unknown_to_dvc(params_file, overrides)
+
+
+if __name__ == "__main__":
+    run_as_script(command)

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import logging
 
-from stages.common import DEFAULT_PARAMS, Overrides, ParamsFile, read_params, stage_lock, user_errors
-from stages.paths import CONFUSION, PLOTS, PREPARED, TRAIN_LOG
+from stages.common import (
+    DEFAULT_PARAMS,
+    Overrides,
+    ParamsFile,
+    read_params,
+    run_as_script,
+    stage_lock,
+    user_errors,
+)
+from stages.paths import CONFUSION, MODEL, PLOTS, PREPARED, TRAIN_LOG
 
 logger = logging.getLogger(__name__)
 
 
 def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = None) -> None:
-    """Draw learning curves, the test confusion matrix and the most confident mistakes (no params)."""
+    """Draw learning curves, the test confusion matrix and the most confident mistakes (params
+    `model` and `train` only to refuse the pictures of a model trained with other params)."""
     with user_errors():
-        read_params(params_file, overrides)  # the same options as every stage, checked the same way
+        params = read_params(params_file, overrides)
         from pipeline import plots
         from pipeline.data import load_meta, load_split
+        from pipeline.weights import check_trained_with, read_card
 
         with stage_lock("plots"):
+            source = f"{params_file}{' with -S' if overrides else ''}"
+            check_trained_with(read_card(MODEL), MODEL, params.model, params.train, source)
             meta = load_meta(PREPARED)
             predictions = plots.read_predictions(CONFUSION, meta["classes"])
             test = load_split(PREPARED, "test", meta)
@@ -35,3 +47,7 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
                 meta["classes"],
             )
         logger.info("wrote %s/learning_curves.png, confusion_matrix.png, confident_mistakes.png", PLOTS)
+
+
+if __name__ == "__main__":
+    run_as_script(command)

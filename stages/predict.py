@@ -8,11 +8,19 @@ from typing import Annotated
 
 import typer
 
-from stages.common import DEFAULT_PARAMS, Overrides, ParamsFile, read_params, user_errors
+from stages.common import (
+    DEFAULT_PARAMS,
+    Overrides,
+    ParamsFile,
+    configure_logging,
+    read_params,
+    run_as_script,
+    user_errors,
+)
 from stages.paths import MODEL
 
 Images = Annotated[list[Path], typer.Argument(help="PNG, JPEG or TIFF files, any size.", show_default=False)]
-ModelFile = Annotated[Path, typer.Option("--model", help="Weights to use.")]
+ModelFile = Annotated[Path, typer.Option("--model", help="Weights to use (they carry what predict needs).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
@@ -26,13 +34,25 @@ def command(
     """Classify images with the trained model: top 3 classes and probabilities (params `evaluate`).
 
     Each image is read on its own: an unreadable one gets an error line, the others are still
-    classified, and the exit code is 1 if any failed.
+    classified, and the exit code is 1 if any failed. Outside a repository (no params.yaml, none
+    named) the shipped evaluate settings are used; inside one, the default model must have been
+    trained with the params there.
     """
     with user_errors():
-        params = read_params(params_file, overrides)
+        from pipeline.params import SHIPPED_EVALUATE, EvaluateParams
         from pipeline.predict import classify
+        from pipeline.weights import check_trained_with, read_card
 
-        results = classify(model, images, params.evaluate)
+        if params_file == DEFAULT_PARAMS and not params_file.exists() and not overrides:
+            configure_logging()
+            settings = EvaluateParams.model_validate(SHIPPED_EVALUATE)
+        else:
+            params = read_params(params_file, overrides)
+            settings = params.evaluate
+            if model == MODEL:  # the repository's own model: it must be that of these params
+                source = f"{params_file}{' with -S' if overrides else ''}"
+                check_trained_with(read_card(MODEL), MODEL, params.model, params.train, source)
+        results = classify(model, images, settings)
     for result in results:
         if "error" in result:
             typer.echo(f"error: {result['error']}", err=True)
@@ -43,3 +63,7 @@ def command(
         typer.echo(json.dumps(results, indent=2))
     if any("error" in result for result in results):
         raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    run_as_script(command)

@@ -1,27 +1,60 @@
-"""`cifar10 train`: data/prepared -> models/model.safetensors, metrics/train.json, metrics/train_log.tsv."""
+"""`cifar10 train`: data/prepared -> models/model.safetensors, metrics/train.json, metrics/train_log.tsv,
+reports/train.json."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from typing import Annotated, Any
 
 import typer
 
-from stages.common import DEFAULT_PARAMS, Overrides, ParamsFile, read_params, stage_lock, user_errors
-from stages.paths import CHECKPOINTS, MODEL, PREPARED, TRAIN_LOG, TRAIN_METRICS
+from stages.common import (
+    DEFAULT_PARAMS,
+    Overrides,
+    ParamsFile,
+    in_dvc_run,
+    note_overrides_unknown_to_dvc,
+    read_params,
+    run_as_script,
+    stage_lock,
+    user_errors,
+)
+from stages.paths import (
+    EVAL_METRICS,
+    MODEL,
+    PREPARED,
+    TRAIN_DETAILS,
+    TRAIN_LOG,
+    TRAIN_METRICS,
+    checkpoint_limits,
+    checkpoints_folder,
+)
+
+logger = logging.getLogger(__name__)
 
 Restart = Annotated[
     bool, typer.Option("--restart", help="Discard this run's checkpoint and train from scratch.")
 ]
 
 
-def write_progress(history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
-    """The per-epoch log and the metrics so far, rewritten atomically after every epoch."""
+def write_progress(history: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """The per-epoch log and the model's figures so far, rewritten atomically after every epoch."""
     from pipeline.files import write_json, write_text
-    from pipeline.metrics import train_log_tsv
+    from pipeline.metrics import split_train_summary, train_log_tsv
 
     write_text(TRAIN_LOG, train_log_tsv(history))
-    write_json(TRAIN_METRICS, metrics)
+    write_json(TRAIN_METRICS, split_train_summary(summary)[0])
+
+
+def resume_hint() -> str:
+    """What to run again after an interruption: the command that started this one."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return "run the same `dvc exp run` again: it resumes from there in any workspace of this repository"
+    if in_dvc_run():
+        return "run `dvc repro` again to resume"
+    return "run `cifar10 train` again to resume"
 
 
 def command(
@@ -31,12 +64,21 @@ def command(
     with user_errors():
         params = read_params(params_file, overrides)
         from pipeline import distributed
-        from pipeline.checkpoint import remove_checkpoint
+        from pipeline.checkpoint import Retention, remove_checkpoint
         from pipeline.data import load_meta
         from pipeline.engine import resolve_device
+        from pipeline.errors import ParamsError, PipelineError
+        from pipeline.files import write_json
+        from pipeline.metrics import split_train_summary
+        from pipeline.params import differences
         from pipeline.training import train
         from pipeline.weights import save_model
 
+        if params.train.sync_bn and resolve_device(params.train.device).type != "cuda":
+            raise ParamsError(  # before any worker starts: one line, not one per process
+                "train.sync_bn: PyTorch's SyncBatchNorm works on CUDA devices only "
+                f"(train.device {params.train.device} is {resolve_device(params.train.device).type} here)"
+            )
         context = distributed.from_environment()
         with stage_lock("train") if distributed.holds_workspace_lock(context) else contextlib.nullcontext():
             load_meta(PREPARED, params.preprocess)  # data made with other preprocess params: refused now
@@ -47,23 +89,50 @@ def command(
                     str(params_file),
                     *(f"--set={item}" for item in overrides or []),
                 ]
-                distributed.launch(params.train.nproc, arguments + (["--restart"] if restart else []))
+                distributed.launch(
+                    params.train.nproc, arguments + (["--restart"] if restart else []), resume_hint()
+                )
                 return
+            if context is None and in_dvc_run():
+                # the test metrics of the last model do not belong to this run: `dvc exp show` shows
+                # no test accuracy beside a running experiment's epochs (evaluate writes it anew)
+                EVAL_METRICS.unlink(missing_ok=True)
             if context is not None:
                 distributed.quiet_unless_main(context)
                 distributed.initialize(context, resolve_device(params.train.device).type)
+            gigabytes, days = checkpoint_limits()
             try:
                 outcome = train(
                     params.model,
                     params.train,
                     PREPARED,
-                    CHECKPOINTS,
+                    checkpoints_folder(),
                     restart=restart,
                     distributed=context,
                     report=write_progress,
+                    retention=Retention(int(gigabytes * 1e9), days * 86400),
+                    resume_hint=resume_hint(),
                 )
             finally:
                 distributed.shutdown()
-            if outcome is not None:
-                save_model(MODEL, outcome.state, outcome.card)  # the last epoch's report wrote the metrics
-                remove_checkpoint(outcome.checkpoint)
+            if outcome is None:
+                return
+            now = read_params(params_file, overrides)  # what DVC will record, read again
+            sections = ("model", "train", "preprocess")
+            changed = differences(
+                {name: getattr(params, name).model_dump() for name in sections},
+                {name: getattr(now, name).model_dump() for name in sections},
+            )
+            if changed:
+                raise PipelineError(
+                    f"{params_file} changed while training ({', '.join(changed)}); the model was not "
+                    "written, as it would not match the params recorded with it: run again"
+                )
+            save_model(MODEL, outcome.state, outcome.card)  # the last epoch's report wrote the metrics
+            write_json(TRAIN_DETAILS, split_train_summary(outcome.metrics)[1])
+            remove_checkpoint(outcome.checkpoint)
+        note_overrides_unknown_to_dvc(params_file, overrides)
+
+
+if __name__ == "__main__":
+    run_as_script(command)

@@ -34,6 +34,13 @@ FAST_TRAINING = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def outside_dvc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests start as a user's shell does: not inside a DVC run, no checkpoint folder configured."""
+    for name in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "CIFAR10_CHECKPOINTS"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @dataclass
 class TinyArchive:
     path: Path

@@ -24,6 +24,7 @@ from tests.conftest import (
     TinyArchive,
     official_members,
     records,
+    set_params,
     write_archive,
 )
 
@@ -122,17 +123,14 @@ def trained(project: Path, trained_once: Path) -> Path:
 
 def test_train_writes_weights_metrics_and_log(trained: Path) -> None:
     metrics = json.loads((trained / "metrics/train.json").read_text())
-    assert metrics["epoch"] == metrics["epochs"] == 2
-    assert metrics["device"] == "cpu" and metrics["processes"] == 1
-    for key in (
-        "train_loss",
-        "train_accuracy",
-        "val_loss",
-        "val_accuracy",
-        "train_seconds",
-        "images_per_second",
-    ):
-        assert isinstance(metrics[key], float), key
+    # the model's figures only: what `dvc exp show` and `dvc metrics diff` list
+    assert set(metrics) == {"val_accuracy", "epoch"}
+    assert metrics["epoch"] == 2 and isinstance(metrics["val_accuracy"], float)
+    details = json.loads((trained / "reports/train.json").read_text())
+    for key in ("train_loss", "train_accuracy", "val_loss"):
+        assert isinstance(details[key], float), key
+    assert details["epochs"] == 2 and details["device"] == "cpu" and details["processes"] == 1
+    assert isinstance(details["train_seconds"], float) and isinstance(details["images_per_second"], float)
     log = (trained / "metrics/train_log.tsv").read_text().splitlines()
     assert log[0].split("\t") == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
     assert [line.split("\t")[0] for line in log[1:]] == ["1", "2"]
@@ -143,18 +141,18 @@ def test_train_writes_weights_metrics_and_log(trained: Path) -> None:
 def test_evaluate_writes_metrics_and_confusion(trained: Path) -> None:
     result = invoke("evaluate", *fast(), "-S", "evaluate.tta_translate=true")
     assert result.exit_code == 0, result.output
-    metrics = json.loads((trained / "metrics/eval.json").read_text())
-    assert set(metrics) == {
-        "accuracy",
+    figures = json.loads((trained / "metrics/eval.json").read_text())
+    assert set(figures) == {"accuracy", "tta_accuracy", "loss"}
+    details = json.loads((trained / "reports/eval.json").read_text())
+    assert set(details) == {
         "accuracy_ci95",
-        "loss",
         "per_class",
-        "tta_accuracy",
         "tta_accuracy_ci95",
         "images",
         "precision",
         "seconds",
     }
+    metrics = figures | details
     assert metrics["images"] == 20 and 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["tta_accuracy"] <= 1
     assert metrics["precision"] in ("bf16", "fp32")
     interval = metrics["accuracy_ci95"]
@@ -173,7 +171,8 @@ def test_evaluate_writes_metrics_and_confusion(trained: Path) -> None:
     assert per_class_from_rows == pytest.approx(metrics["per_class"])
     result = invoke("evaluate", *fast(), "-S", "evaluate.tta=false", "-S", "evaluate.precision=fp32")
     plain = json.loads((trained / "metrics/eval.json").read_text())
-    assert "tta_accuracy" not in plain and plain["precision"] == "fp32"
+    assert "tta_accuracy" not in plain
+    assert json.loads((trained / "reports/eval.json").read_text())["precision"] == "fp32"
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "other arch", "foreign"])
@@ -368,3 +367,147 @@ def test_a_second_train_in_the_same_workspace_is_refused_at_once(trained: Path) 
         assert_one_line_error(result, 1, "`cifar10 train` is already running in this workspace (pid ")
         assert invoke("evaluate", *fast()).exit_code == 0  # another stage's lock
     assert (trained / "models/model.safetensors").read_bytes() == weights
+
+
+def test_evaluate_plots_and_predict_refuse_a_model_of_other_params(trained: Path, tmp_path: Path) -> None:
+    for command in ("evaluate", "plots"):
+        result = invoke(command, *fast(), "-S", "train.seed=7")
+        assert_one_line_error(result, 1, "models/model.safetensors was trained with other params")
+        assert "train.seed=0 in the model, 7 in params.yaml with -S" in result.stderr
+        assert "dvc repro" in result.stderr
+    picture = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(picture)
+    assert_one_line_error(invoke("predict", str(picture), *fast(), "-S", "model.width=8"), 1, "model.width=4")
+    assert not (trained / "metrics/eval.json").exists() and not (trained / "plots").exists()
+    moved = tmp_path / "elsewhere.safetensors"  # a model named on the command line is the user's choice
+    shutil.copy(trained / "models/model.safetensors", moved)
+    assert (
+        invoke("predict", str(picture), "--model", str(moved), *fast(), "-S", "model.width=8").exit_code == 0
+    )
+
+
+def test_train_writes_no_model_when_params_change_while_it_runs(
+    trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.training as training
+
+    (trained / "models/model.safetensors").unlink()
+    original = training.train
+
+    def train_while_someone_edits_params(*args: object, **kwargs: object) -> object:
+        outcome = original(*args, **kwargs)  # type: ignore[arg-type]
+        text = (
+            (trained / "params.yaml")
+            .read_text()
+            .replace("  seed: 0               # seeds", "  seed: 8  # seeds")
+        )
+        (trained / "params.yaml").write_text(text)  # as a second `dvc exp run -S train.seed=8` does
+        return outcome
+
+    monkeypatch.setattr(training, "train", train_while_someone_edits_params)
+    result = invoke("train", *fast())
+    assert_one_line_error(result, 1, "params.yaml changed while training (train.seed)")
+    assert not (trained / "models/model.safetensors").exists()
+
+
+def test_an_override_dvc_does_not_know_is_said_once_at_the_end(trained: Path) -> None:
+    (trained / "dvc.yaml").write_text("stages: {}\n")  # inside a DVC project
+    result = invoke("evaluate", *fast())
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "DVC records" in line]
+    assert len(warnings) == 1 and "train.epochs" in warnings[0] and "model.width" in warnings[0]
+    assert "-S model.width=4" in warnings[0] and "keeps the record right" in warnings[0]
+    assert result.stderr.rstrip().endswith(warnings[0].strip())  # at the end, after the result
+    set_params(trained / "params.yaml", FAST_TRAINING)
+    agreeing = invoke("evaluate", *fast())  # the same -S, now what params.yaml says: nothing to say
+    assert agreeing.exit_code == 0 and "DVC records" not in agreeing.stderr
+
+
+def test_under_dvc_training_drops_the_last_models_test_metrics(
+    trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DVC shows a running experiment's files: the old eval.json beside new epochs would be false."""
+    assert invoke("evaluate", *fast()).exit_code == 0
+    seen = []
+    monkeypatch.setenv("DVC_STAGE", "train")
+    monkeypatch.setenv("DVC_ROOT", str(trained))
+    import stages.train
+
+    original = stages.train.write_progress
+
+    def watching(*args: object) -> None:
+        seen.append((trained / "metrics/eval.json").exists())
+        original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stages.train, "write_progress", watching)
+    assert invoke("train", *fast(), "--restart").exit_code == 0
+    assert seen == [False, False]
+
+
+def test_predict_outside_a_repository_uses_the_shipped_settings(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.params import SHIPPED_EVALUATE, load_params
+
+    assert load_params(REPO / "params.yaml").evaluate.model_dump() == SHIPPED_EVALUATE
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(trained / "models/model.safetensors", elsewhere / "model.safetensors")
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(elsewhere / "a.png")
+    monkeypatch.chdir(elsewhere)
+    result = invoke("predict", "--model", "model.safetensors", "a.png", "-S", "evaluate.device=cpu")
+    assert_one_line_error(result, 2, "params.yaml: params file not found")  # -S needs a params file
+    result = invoke("predict", "--model", "model.safetensors", "a.png")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("a.png: ")
+
+
+def test_predict_follows_evaluate_tta(trained: Path, tmp_path: Path) -> None:
+    picture = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(picture)
+    outputs = {}
+    for tta in ("false", "true"):
+        result = invoke("predict", str(picture), "--json", *fast(), "-S", f"evaluate.tta={tta}")
+        assert result.exit_code == 0, result.output
+        outputs[tta] = json.loads(result.stdout)[0]["top"][0]["probability"]
+    assert outputs["false"] != outputs["true"]
+
+
+def test_sync_bn_on_the_cpu_is_a_params_error_before_any_worker(project: Path) -> None:
+    result = invoke("train", "-S", "train.device=cpu", "-S", "train.sync_bn=true", "-S", "train.nproc=2")
+    assert_one_line_error(result, 2, "train.sync_bn: PyTorch's SyncBatchNorm works on CUDA devices only")
+    assert "worker" not in result.output
+
+
+def test_checkpoints_command_lists_and_removes(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = trained / "shared-checkpoints"
+    monkeypatch.setenv("CIFAR10_CHECKPOINTS", str(folder))
+    import pipeline.training as training
+
+    # two interrupted runs: SIGINT at the first step boundary of each
+    for seed in (1, 2):
+        with monkeypatch.context() as patch:
+            original = training.train_one_epoch
+
+            def stop_at_once(*args: object, **kwargs: object) -> object:
+                import signal
+
+                signal.raise_signal(signal.SIGINT)
+                return original(*args, **kwargs)  # type: ignore[arg-type]  # noqa: B023
+
+            patch.setattr(training, "train_one_epoch", stop_at_once)
+            result = invoke("train", *fast(), "-S", f"train.seed={seed}")
+            assert result.exit_code == 130, result.output
+            assert f"checkpoint saved to {folder}" in result.stderr
+    listing = invoke("checkpoints")
+    assert listing.exit_code == 0, listing.output
+    lines = listing.stdout.splitlines()
+    assert lines[0].startswith(f"{folder}: 2 checkpoint(s)") and "CIFAR10_CHECKPOINTS_MAX_GB" in lines[0]
+    assert "train.seed=2" in lines[1] and "train.seed=1" in lines[2] and "at epoch 1, step 1" in lines[1]
+    first = lines[2].split()[0]
+    assert invoke("checkpoints", "--remove", first).exit_code == 0
+    assert sorted(path.name for path in folder.iterdir()) == [lines[1].split()[0]]
+    assert_one_line_error(
+        invoke("checkpoints", "--remove", "nothing.safetensors"), 1, "no checkpoint nothing"
+    )
+    assert invoke("checkpoints", "--all").exit_code == 0 and list(folder.iterdir()) == []

@@ -75,14 +75,14 @@ def kill_rank_1_at_step(step: int) -> str:
     return textwrap.dedent(f"""
         import os, signal
         if os.environ.get("RANK") == "1":
-            import pipeline.engine as engine
-            original, calls = engine.set_learning_rate, [0]
-            def dying(optimizer, value):
+            from pipeline.step import LearningRate
+            original, calls = LearningRate.set, [0]
+            def dying(self, step):
                 calls[0] += 1
                 if calls[0] == {step}:
                     os.kill(os.getpid(), signal.SIGKILL)
-                original(optimizer, value)
-            engine.set_learning_rate = dying
+                original(self, step)
+            LearningRate.set = dying
     """)
 
 
@@ -124,10 +124,11 @@ def test_two_processes_write_one_set_of_outputs(project: Path) -> None:
     result = train(project, "train.nproc=2")
     assert result.returncode == 0, result.stderr
     assert "starting 2 worker processes" in result.stderr
-    assert json.loads((project / "metrics" / "train.json").read_text())["processes"] == 2
+    assert json.loads((project / "reports" / "train.json").read_text())["processes"] == 2
     assert sorted(path.name for path in (project / "models").iterdir()) == ["model.safetensors"]
     assert list((project / "checkpoints").iterdir()) == []
     assert sorted(path.name for path in (project / "metrics").iterdir()) == ["train.json", "train_log.tsv"]
+    assert sorted(path.name for path in (project / "reports").iterdir()) == ["train.json"]
     assert result.stderr.count("epoch 4 ") == 1  # only rank 0 logs
 
 
@@ -195,10 +196,33 @@ def test_two_nodes_launched_by_torchrun_match_one_process(project: Path) -> None
     ]
     outputs = [node.communicate(timeout=600) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
-    assert json.loads((project / "metrics" / "train.json").read_text())["processes"] == 2
+    assert json.loads((project / "reports" / "train.json").read_text())["processes"] == 2
     one, two = weights(single), weights(project)
     for name in one:
         assert torch.allclose(one[name], two[name], **TOLERANCE), name
+
+
+def test_one_process_under_torchrun_matches_the_plain_run_with_batchnorm(project: Path) -> None:
+    """`torchrun --nproc-per-node 1` trains through DistributedDataParallel (gloo) with the real
+    network, BatchNorm included: with one process it must give the plain run's weights."""
+    plain = sibling(project, "plain")
+    result = train(plain, "train.checkpoint_every=0")
+    assert result.returncode == 0, result.stderr
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+    under_torchrun = subprocess.run(
+        [*launcher, *stage_arguments("train.checkpoint_every=0")],
+        cwd=project,
+        env=environment(project, ""),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert under_torchrun.returncode == 0, under_torchrun.stderr
+    assert json.loads((project / "reports" / "train.json").read_text())["processes"] == 1
+    one, ddp = weights(plain), weights(project)
+    assert any("running_mean" in name for name in one)
+    for name in one:
+        torch.testing.assert_close(ddp[name], one[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_two_processes_with_compile(project: Path) -> None:
@@ -223,6 +247,7 @@ def test_logged_validation_is_that_of_the_saved_model(project: Path) -> None:
     result = train(project, "train.nproc=2", "train.epochs=2", "train.ema=0.5", "train.checkpoint_every=0")
     assert result.returncode == 0, result.stderr
     logged = json.loads((project / "metrics" / "train.json").read_text())
+    logged |= json.loads((project / "reports" / "train.json").read_text())  # val_loss is a detail
     prepared = project / "data" / "prepared"
     model, card = load_model(project / "models" / "model.safetensors", torch.device("cpu"))
     val = load_split(prepared, "val", load_meta(prepared))

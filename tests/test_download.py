@@ -245,3 +245,13 @@ def test_disk_full_keeps_old_file_and_removes_temporary(
         download(data_params(served.url, tiny_archive.sha256), target, sleep=Sleeps())
     assert target.read_bytes() == b"previous content"
     assert leftovers(tmp_path) == ["archive.tar.gz", "mirror"]
+
+
+def test_one_attempt_is_said_in_the_singular(
+    served: Server, tiny_archive: TinyArchive, tmp_path: Path
+) -> None:
+    served.state.faults = ["500"]
+    with pytest.raises(DownloadError, match=r"giving up after 1 attempt: "):
+        download(
+            data_params(served.url, tiny_archive.sha256, retries=0), tmp_path / "a.tar.gz", sleep=Sleeps()
+        )

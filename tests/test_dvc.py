@@ -90,21 +90,39 @@ def test_repro_experiments_run_cache_and_comparisons(repo: Path, http_server: Se
     assert "WARNING" not in output, output  # nothing a user would take for a problem
     assert len(http_server.state.requests) == 1
     eval_before = json.loads((repo / "metrics/eval.json").read_text())
-    assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 1
+    assert json.loads((repo / "metrics/train.json").read_text())["epoch"] == 1
+    assert json.loads((repo / "reports/train.json").read_text())["epochs"] == 1
     assert json.loads(dvc(repo, "status", "--json")) == {}  # every stage up to date
     shell(repo, "git", "add", "-A")
     shell(repo, "git", "commit", "-qm", "baseline")
 
+    # settings that cannot change an output rerun nothing
+    output = dvc_log(
+        repo,
+        "exp",
+        "run",
+        "-S",
+        "data.retries=9",
+        "-S",
+        "data.read_timeout=5",
+        "-S",
+        "train.checkpoint_every=3",
+    )
+    assert "Running stage" not in output, output
+
     output = dvc_log(repo, "exp", "run", "-S", "train.epochs=2")
     assert "Running stage 'train'" in output and len(http_server.state.requests) == 1  # no new download
-    assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 2
+    assert json.loads((repo / "metrics/train.json").read_text())["epoch"] == 2
 
     metrics = json.loads(dvc(repo, "metrics", "diff", "--all", "--json"))
     evaluation = metrics["metrics/eval.json"]
     assert evaluation["accuracy"]["old"] == eval_before["accuracy"]
-    assert evaluation["accuracy_ci95.low"]["old"] == eval_before["accuracy_ci95"]["low"]
     assert evaluation["loss"]["old"] == eval_before["loss"] and evaluation["loss"]["diff"] != 0
-    assert metrics["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
+    assert metrics["metrics/train.json"]["epoch"] == {"old": 1, "new": 2, "diff": 1}
+    # a params change lists the model's figures only: no timing, device or per-class columns
+    changed = json.loads(dvc(repo, "metrics", "diff", "--json"))
+    figures = {"accuracy", "tta_accuracy", "loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+    assert {key for table in changed.values() for key in table} <= figures | {"epoch"}
     assert "accuracy" in dvc(repo, "metrics", "diff", "--all")
 
     params = json.loads(dvc(repo, "params", "diff", "--json"))
@@ -158,6 +176,92 @@ def test_a_queued_sweep_runs_each_point_in_parallel_workspaces(repo: Path) -> No
     assert learning_rates == [0.05, 0.4]
     accuracies = [data["metrics"]["metrics/eval.json"]["data"]["accuracy"] for data in experiments]
     assert all(0 <= accuracy <= 1 for accuracy in accuracies)
+
+    # README's view, readable at a normal terminal width: names, changed figures and params, no
+    # dependency hashes (columns named by a path) and no truncated column
+    table = shell(
+        repo,
+        str(BIN / "dvc"),
+        "exp",
+        "show",
+        "--only-changed",
+        "--drop",
+        "Created|State|Executor|/",
+        "--no-pager",
+        env=columns(120),
+    )
+    assert "…" not in table, table
+    header = next(line for line in table.splitlines() if "Experiment" in line).split()
+    assert header[0] == "Experiment" and "loss" in header and "train.lr" in header, table
+    rows = [line.split() for line in table.splitlines() if line.strip().startswith(("├", "└"))]
+    assert sorted(row[header.index("train.lr") + 2] for row in rows) == ["0.05", "0.4"], table
+
+
+def columns(width: int) -> dict[str, str]:
+    return {**os.environ, "COLUMNS": str(width)}
+
+
+def test_every_stage_runs_the_code_of_its_own_workspace(repo: Path, tmp_path: Path) -> None:
+    """A queued experiment runs the code it was queued with, not the workspace's; an installed copy
+    of the packages (what `pip install .` leaves) never stands in for the checkout's code."""
+    dvc(repo, "repro")
+    shell(repo, "git", "add", "-A")
+    shell(repo, "git", "commit", "-qm", "baseline")
+    plots = repo / "stages" / "plots.py"
+    original = plots.read_text()
+    anchor = '        logger.info("wrote %s/learning_curves.png'
+
+    def with_line(text: str) -> str:  # printed: DVC shows a queued stage's stdout, not its log (stderr)
+        assert anchor in original
+        return original.replace(anchor, f'        print("{text}", flush=True)\n{anchor}')
+
+    plots.write_text(with_line("code the experiment was queued with"))
+    dvc(repo, "exp", "run", "--queue", "-n", "codecheck")
+    plots.write_text(original)  # the workspace goes back; the queued experiment keeps its code
+    output = dvc_log(repo, "exp", "run", "--run-all")
+    assert "code the experiment was queued with" in output, output
+
+    stale = tmp_path / "site-packages"
+    for package in ("pipeline", "stages"):
+        shutil.copytree(repo / package, stale / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (stale / "stages" / "plots.py").write_text('raise SystemExit("the installed copy ran")\n')
+    plots.write_text(with_line("code of the checkout"))
+    output = dvc_log(repo, "repro", env={**os.environ, "PYTHONPATH": str(stale)})
+    assert "code of the checkout" in output and "installed copy" not in output, output
+
+
+def test_a_teammate_pulls_the_results_and_reruns_nothing(repo: Path, tmp_path: Path) -> None:
+    """README's Sharing results: commit dvc.lock and metrics/, push the cache and the run-cache."""
+    remote = tmp_path / "remote"
+    dvc(repo, "remote", "add", "-d", "storage", str(remote))
+    dvc(repo, "repro")
+    shell(repo, "git", "add", "-A")
+    shell(repo, "git", "commit", "-qm", "results")
+    assert shell(repo, "git", "status", "--porcelain") == ""  # nothing of the run left untracked
+    dvc(repo, "push", "--run-cache")
+    first_model = (repo / "models/model.safetensors").read_bytes()
+    shell(repo, "git", "tag", "-a", "cifar10-classifier@v1.0.0", "-m", "v1.0.0", "HEAD")  # gto register
+
+    teammate = tmp_path / "teammate"
+    shell(tmp_path, "git", "clone", "-q", str(repo), str(teammate))
+    dvc(teammate, "pull")
+    assert json.loads(dvc(teammate, "status", "--json")) == {}
+    output = dvc_log(teammate, "repro")
+    assert "Running stage" not in output and "is cached" not in output, output
+    assert (teammate / "models/model.safetensors").read_bytes() == first_model
+    assert (teammate / "plots/confusion_matrix.png").exists()
+
+    # a later version of the model; the registry still hands out v1.0.0 by its version
+    dvc(repo, "exp", "run", "-S", "train.seed=5")
+    shell(repo, "git", "add", "-A")
+    shell(repo, "git", "commit", "-qm", "seed 5")
+    shell(repo, "git", "tag", "-a", "cifar10-classifier@v2.0.0", "-m", "v2.0.0", "HEAD")
+    fetched = tmp_path / "v1.safetensors"
+    dvc(repo, "artifacts", "get", str(repo), "cifar10-classifier", "--rev", "v1.0.0", "-o", str(fetched))
+    assert fetched.read_bytes() == first_model
+    latest = tmp_path / "latest.safetensors"
+    dvc(repo, "artifacts", "get", str(repo), "cifar10-classifier", "-o", str(latest))
+    assert latest.read_bytes() == (repo / "models/model.safetensors").read_bytes() != first_model
 
 
 def project_imports(path: Path) -> set[str]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 
 import numpy as np
@@ -8,28 +10,32 @@ import torch
 import torch.nn.functional as functional
 from torch import Tensor, nn
 
+from pipeline.augmentation import (
+    AugmentDraws,
+    augment_epoch,
+    crop_and_flip,
+    cutout,
+    epoch_permutation,
+    local_positions,
+)
 from pipeline.data import Split
 from pipeline.engine import (
-    AugmentDraws,
     DeviceSplit,
     EpochTotals,
     InputTransform,
     TrainSetup,
     build_optimizer,
-    crop_and_flip,
-    cutout,
-    epoch_permutation,
+    build_train_step,
     evaluate,
-    learning_rate_factor,
     predict_logits,
     resolve_device,
     resolve_precision,
-    step_generator,
     train_one_epoch,
 )
 from pipeline.errors import PipelineError
 from pipeline.model import build_model
 from pipeline.params import AugmentParams, TrainParams, load_params
+from pipeline.step import CudaGraphStep, LearningRate, WeightAverage, learning_rate_factor
 from tests.conftest import REPO
 
 CPU = torch.device("cpu")
@@ -43,56 +49,110 @@ def images(count: int, seed: int = 0) -> Tensor:
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (count, 3, 32, 32), dtype=np.uint8))
 
 
-def draws(count: int, augment: AugmentParams, seed: int = 0) -> AugmentDraws:
-    return AugmentDraws.draw(count, augment, step_generator(seed, 0, 0, CPU))
+def draws(count: int, augment: AugmentParams, seed: int = 0, epoch: int = 0) -> AugmentDraws:
+    return AugmentDraws.draw(count, augment, seed, epoch)
 
 
 def test_no_crop_and_no_flip_is_the_identity() -> None:
     augment = AugmentParams(crop_padding=0, flip=False, cutout=0)
     batch = images(8)
-    assert torch.equal(crop_and_flip(batch, draws(8, augment), augment), batch)
+    assert torch.equal(crop_and_flip(batch, torch.arange(8), draws(8, augment), augment), batch)
     normalised = torch.randn(8, 3, 32, 32)
-    assert torch.equal(cutout(normalised, draws(8, augment), 0), normalised)
+    assert torch.equal(cutout(normalised, draws(8, augment).cutout_centres, 0), normalised)
 
 
 def test_crop_and_flip_match_reflect_padding_and_mirroring() -> None:
     augment = AugmentParams(crop_padding=4, flip=True, cutout=0)
     batch = images(64)
     chosen = draws(64, augment)
-    result = crop_and_flip(batch, chosen, augment)
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(1))
+    result = crop_and_flip(batch, order, chosen, augment)
     assert result.shape == batch.shape and result.dtype == torch.uint8
+    assert result.is_contiguous(memory_format=torch.channels_last)
     padded = functional.pad(batch.float(), (4, 4, 4, 4), mode="reflect").to(torch.uint8)
     for index in range(64):
         row, column = (chosen.shifts[index] + 4).tolist()
-        expected = padded[index, :, row : row + 32, column : column + 32]
+        expected = padded[order[index], :, row : row + 32, column : column + 32]
         if chosen.flips[index]:
             expected = expected.flip(-1)
         assert torch.equal(result[index], expected), index
-    assert 0 < int(chosen.flips.sum()) < 64
-    assert (
-        chosen.shifts.min() >= -4 and chosen.shifts.max() <= 4 and len(set(chosen.shifts[:, 0].tolist())) > 3
-    )
+
+
+def test_crop_and_flip_in_chunks_matches_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.augmentation as augmentation
+
+    augment = AugmentParams(crop_padding=4, flip=True, cutout=0)
+    batch, chosen = images(50), draws(50, augment, seed=3)
+    whole = crop_and_flip(batch, torch.arange(50), chosen, augment)
+    monkeypatch.setattr(augmentation, "GATHER_CHUNK", 7)
+    assert torch.equal(crop_and_flip(batch, torch.arange(50), chosen, augment), whole)
 
 
 def test_cutout_zeroes_one_square_per_image() -> None:
-    augment = AugmentParams(crop_padding=0, flip=False, cutout=6)
-    chosen = draws(32, augment)
-    chosen = AugmentDraws(chosen.shifts, chosen.flips, torch.full((32, 2), 16))  # centred: fully inside
-    result = cutout(torch.ones(32, 3, 32, 32), chosen, 6)
+    result = cutout(torch.ones(32, 3, 32, 32), torch.full((32, 2), 16), 6)  # centred: fully inside
     assert torch.equal((result == 0).sum(dim=(1, 2, 3)), torch.full((32,), 3 * 36))
     assert torch.all(result[:, :, 13:19, 13:19] == 0)
 
 
-def test_draws_depend_only_on_seed_epoch_and_step() -> None:
+def test_draws_depend_only_on_seed_and_epoch() -> None:
     augment = AugmentParams(crop_padding=4, flip=True, cutout=8)
-    first = AugmentDraws.draw(16, augment, step_generator(3, 2, 5, CPU))
-    again = AugmentDraws.draw(16, augment, step_generator(3, 2, 5, CPU))
-    other = AugmentDraws.draw(16, augment, step_generator(3, 2, 6, CPU))
+    first, again, other = draws(16, augment, 3, 2), draws(16, augment, 3, 2), draws(16, augment, 3, 3)
     assert torch.equal(first.shifts, again.shifts) and torch.equal(first.cutout_centres, again.cutout_centres)
     assert not torch.equal(first.shifts, other.shifts)
     assert torch.equal(epoch_permutation(100, 0, 1), epoch_permutation(100, 0, 1))
     assert not torch.equal(epoch_permutation(100, 0, 1), epoch_permutation(100, 0, 2))
     assert sorted(epoch_permutation(100, 0, 1).tolist()) == list(range(100))
+
+
+def test_draws_are_uniform_over_their_ranges() -> None:
+    augment = AugmentParams(crop_padding=4, flip=True, cutout=8)
+    chosen = draws(90_000, augment, seed=5, epoch=7)
+    for column in (chosen.shifts[:, 0], chosen.shifts[:, 1]):  # 9 values, 10,000 expected each
+        counts = torch.bincount(column + 4, minlength=9)
+        assert len(counts) == 9 and counts.min() > 9_500 and counts.max() < 10_500
+    assert abs(chosen.flips.float().mean().item() - 0.5) < 0.01
+    centres = torch.bincount(chosen.cutout_centres.flatten(), minlength=32)  # 5,625 expected each
+    assert len(centres) == 32 and centres.min() > 5_200 and centres.max() < 6_100
+    # rows and columns are drawn independently: their correlation is near zero
+    shifts = chosen.shifts.float()
+    assert abs(torch.corrcoef(shifts.T)[0, 1].item()) < 0.02
+
+
+def test_an_epoch_is_a_pure_function_of_seed_and_epoch() -> None:
+    augment = AugmentParams(crop_padding=4, flip=True, cutout=8)
+    split = random_split(60)
+
+    def epoch(seed: int, number: int) -> tuple[Tensor, Tensor, Tensor]:
+        built = augment_epoch(
+            split.images, split.labels, augment, seed=seed, epoch=number, steps=3, batch_size=20
+        )
+        return built.images, built.labels, built.cutout_centres
+
+    assert all(torch.equal(a, b) for a, b in zip(epoch(1, 2), epoch(1, 2), strict=True))
+    assert not torch.equal(epoch(1, 2)[0], epoch(1, 3)[0])
+    assert not torch.equal(epoch(1, 2)[0], epoch(2, 2)[0])
+    images_of_epoch, labels_of_epoch, _ = epoch(1, 2)
+    assert images_of_epoch.shape == (60, 3, 32, 32) and sorted(labels_of_epoch.tolist()) == sorted(
+        split.labels.tolist()
+    )
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_every_process_takes_its_slice_of_the_same_global_batches(world_size: int) -> None:
+    augment = AugmentParams(crop_padding=4, flip=True, cutout=8)
+    split = random_split(50)
+    options = {"seed": 4, "epoch": 1, "steps": 2, "batch_size": 24}  # 2 of the 50 images are dropped
+    whole = augment_epoch(split.images, split.labels, augment, **options)
+    parts = [
+        augment_epoch(split.images, split.labels, augment, rank=rank, world_size=world_size, **options)
+        for rank in range(world_size)
+    ]
+    for step in range(2):
+        expected = whole.batch(step)
+        for index, tensor in enumerate(expected):
+            joined = torch.cat([part.batch(step)[index] for part in parts])
+            assert torch.equal(joined, tensor), (step, index)
+    assert local_positions(2, 24, 1, world_size)[0].item() == 24 // world_size
 
 
 def test_input_transform_normalises_per_channel() -> None:
@@ -146,15 +206,25 @@ def random_split(count: int, seed: int = 0) -> DeviceSplit:
 
 
 def make_setup(model: nn.Module, data: DeviceSplit, params: TrainParams) -> TrainSetup:
+    transform = InputTransform.create([0.5] * 3, [0.25] * 3, True, CPU)
+    steps_per_epoch = len(data) // params.batch_size
+    step = build_train_step(
+        model,
+        build_optimizer(model, params),
+        transform,
+        params,
+        device=CPU,
+        precision="fp32",
+        total_steps=params.epochs * steps_per_epoch,
+    )
     return TrainSetup(
-        model=model,
-        optimizer=build_optimizer(model, params),
+        step=step,
         data=data,
-        transform=InputTransform.create([0.5] * 3, [0.25] * 3, True, CPU),
+        transform=transform,
         params=params,
         device=CPU,
         precision="fp32",
-        steps_per_epoch=len(data) // params.batch_size,
+        steps_per_epoch=steps_per_epoch,
     )
 
 
@@ -225,7 +295,7 @@ def test_non_finite_loss_names_the_first_bad_step() -> None:
     params = train_params("train.epochs=1", "train.batch_size=8", "train.lr=0.01")
     model = build_model("tutorial", 4).to(memory_format=torch.channels_last)
     setup = make_setup(model, random_split(64), params)
-    real_step, steps = setup.optimizer.step, []
+    real_step, steps = setup.step.optimizer.step, []
 
     def poisoning_step(*args: object, **kwargs: object) -> None:
         steps.append(1)
@@ -234,7 +304,7 @@ def test_non_finite_loss_names_the_first_bad_step() -> None:
                 parameter.data.fill_(float("nan"))
         real_step()
 
-    setup.optimizer.step = poisoning_step  # type: ignore[method-assign]
+    setup.step.optimizer.step = poisoning_step  # type: ignore[method-assign]
     with pytest.raises(PipelineError, match=r"at epoch 1, step 4;"):
         train_one_epoch(setup, 0, EpochTotals())
 
@@ -254,3 +324,109 @@ def test_evaluate_reports_plain_and_tta_accuracy_from_one_pass() -> None:
     assert result.accuracy == pytest.approx((plain.argmax(1) == data.labels).float().mean().item())
     assert result.tta_accuracy == pytest.approx((averaged.argmax(1) == data.labels).float().mean().item())
     assert evaluate(model, data, transform, batch_size=16, precision="fp32").tta_accuracy is None
+
+
+def test_device_learning_rate_follows_the_schedule_step_by_step() -> None:
+    params = train_params("train.lr=0.3", "train.warmup=0.25")
+    model = build_model("tutorial", 4)
+    on_host = build_optimizer(model, params)
+    on_device = build_optimizer(model, params)
+    host = LearningRate(on_host, params, 40, device=CPU, on_device=False)
+    device = LearningRate(on_device, params, 40, device=CPU, on_device=True)
+    shared = on_device.param_groups[0]["lr"]
+    assert isinstance(shared, Tensor) and all(group["lr"] is shared for group in on_device.param_groups)
+    for step in range(40):
+        host.set(step)
+        device.set(step)
+        expected = 0.3 * learning_rate_factor(step, 40, params.schedule, params.warmup)
+        assert {group["lr"] for group in on_host.param_groups} == {expected}
+        assert shared.item() == pytest.approx(expected, rel=1e-7)  # float32 on the device
+    on_device.load_state_dict(on_device.state_dict())  # as a resume does: the groups get the tensor back
+    device.attach()
+    assert all(group["lr"] is shared for group in on_device.param_groups)
+
+
+def test_sgd_with_the_learning_rate_as_a_tensor_updates_like_a_float() -> None:
+    params = train_params("train.lr=0.25", "train.augment.cutout=4", "train.batch_size=10", "train.epochs=2")
+    weights = []
+    for on_device in (False, True):
+        torch.manual_seed(0)
+        model = build_model("tutorial", 4).to(memory_format=torch.channels_last)
+        setup = make_setup(model, random_split(40), params)
+        optimizer = setup.step.optimizer
+        schedule = LearningRate(optimizer, setup.params, 8, device=CPU, on_device=on_device)
+        step = dataclasses.replace(setup.step, learning_rate=schedule)
+        setup = dataclasses.replace(setup, step=step)
+        train_one_epoch(setup, 0, EpochTotals())
+        weights.append(model.state_dict())
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, rtol=1e-6, atol=1e-7)
+
+
+class HostStream:
+    """Stands in for a CUDA stream, so the capture path runs on the CPU up to the capture itself."""
+
+    def wait_stream(self, other: object) -> None:
+        pass
+
+
+def fake_cuda_capture(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    def capture_that_fails(graph: object) -> contextlib.AbstractContextManager[None]:
+        raise error
+
+    monkeypatch.setattr(torch.cuda, "Stream", HostStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", HostStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(torch.cuda, "graph", capture_that_fails)
+
+
+def test_a_failed_capture_warns_once_and_trains_exactly_as_uncaptured(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warm-up steps before a capture change weights, momentum, BatchNorm statistics and the
+    weight average; after a failed capture all of it is put back, so the run is unchanged."""
+    params = train_params("train.batch_size=10", "train.epochs=2", "train.augment.cutout=4")
+    results = []
+    for captured in (False, True):
+        torch.manual_seed(0)
+        model = build_model("resnet18", 4).to(memory_format=torch.channels_last)
+        setup = make_setup(model, random_split(40), params)
+        average = WeightAverage(model, 0.9)
+        setup = dataclasses.replace(setup, step=dataclasses.replace(setup.step, average=average))
+        if captured:
+            setup = dataclasses.replace(setup, graph=CudaGraphStep(setup.step))
+        with monkeypatch.context() as patch, caplog.at_level("WARNING", logger="pipeline.step"):
+            fake_cuda_capture(patch, RuntimeError("operation not permitted when stream is capturing"))
+            caplog.clear()
+            epochs = [train_one_epoch(setup, epoch, EpochTotals()) for epoch in range(2)]
+        results.append((epochs, model.state_dict(), average.state_dict()))
+        warnings = [record.getMessage() for record in caplog.records]
+        if captured:
+            assert warnings == [
+                "train.cuda_graphs: capture failed (RuntimeError: operation not permitted when stream "
+                "is capturing); training continues uncaptured"
+            ]
+            assert setup.graph is not None and setup.graph.failed
+        else:
+            assert warnings == []
+    (plain_epochs, plain_model, plain_average), (epochs, model_state, average_state) = results
+    assert epochs == plain_epochs  # the same losses and accuracies, to the last bit
+    for name, tensor in plain_model.items():
+        assert torch.equal(model_state[name], tensor), name
+    for name, tensor in plain_average.items():
+        assert torch.equal(average_state[name], tensor), name
+
+
+def test_weight_average_copies_first_then_moves_towards_the_weights() -> None:
+    model = nn.Linear(2, 1)
+    average = WeightAverage(model, 0.75)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    average.update(model)
+    assert torch.equal(average.module.weight, torch.full((1, 2), 4.0))  # the first update copies
+    with torch.no_grad():
+        model.weight.fill_(8.0)
+    average.update(model)
+    assert torch.allclose(average.module.weight, torch.full((1, 2), 5.0))  # 4 + (1 - 0.75) * (8 - 4)
+    assert average.updates.item() == 2

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,11 @@ import pytest
 import torch
 
 import pipeline.training as training
-from pipeline.checkpoint import checkpoint_path, load_checkpoint
+from pipeline.checkpoint import Retention, checkpoint_path, load_checkpoint, prune_checkpoints
 from pipeline.data import load_meta, preprocess
 from pipeline.errors import ModelFileError, PipelineError, TrainingInterrupted
 from pipeline.params import Params, PreprocessParams, load_params, training_digest
-from pipeline.training import TrainOutcome, data_digest, train
+from pipeline.training import TrainOutcome, code_digest, data_digest, train
 from tests.conftest import FAST_TRAINING, REPO, TinyArchive
 
 
@@ -44,7 +46,7 @@ def run(params: Params, prepared: Path, checkpoints: Path, **options: Any) -> Tr
 def own_checkpoint(params: Params, prepared: Path, checkpoints: Path) -> Path:
     """The checkpoint file of the run with these params and data."""
     digest = training_digest(params.model, params.train)
-    return checkpoint_path(checkpoints, digest, data_digest(load_meta(prepared)))
+    return checkpoint_path(checkpoints, digest, data_digest(load_meta(prepared)), code_digest())
 
 
 def interrupt_at(
@@ -142,16 +144,45 @@ def test_a_checkpoint_of_other_params_never_blocks_and_going_back_resumes_it(
     assert_same_weights(restarted.state, resumed.state)
 
 
-def test_only_the_newest_checkpoints_are_kept(
+def test_short_tries_never_remove_a_long_runs_checkpoint(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Checkpoints are bounded by size and age, not by count: a run interrupted after many epochs
+    keeps its progress while several short tries of other params come and go."""
     checkpoints = tmp_path / "checkpoints"
-    saved = [
-        interrupt_at(monkeypatch, fast(f"train.lr={lr}"), prepared, checkpoints, 1) for lr in (0.1, 0.2, 0.3)
-    ]
-    os.utime(saved[0], (1, 1))  # the oldest, whatever the clock's resolution
-    newest = interrupt_at(monkeypatch, fast("train.lr=0.4"), prepared, checkpoints, 1)
-    assert sorted(checkpoints.iterdir()) == sorted([*saved[1:], newest])
+    long_run = interrupt_at(monkeypatch, fast("train.epochs=4"), prepared, checkpoints, 12)
+    os.utime(long_run, (1_000, time.time() - 3600))  # the oldest file of the folder
+    plenty = Retention(max_bytes=10**12, max_age_seconds=86400)
+    tries = []
+    for lr in (0.1, 0.2, 0.3, 0.4):
+        with monkeypatch.context() as patch:
+            signal_at_step(patch, 1)
+            with pytest.raises(TrainingInterrupted):
+                run(fast(f"train.lr={lr}"), prepared, checkpoints, retention=plenty)
+        tries.append(own_checkpoint(fast(f"train.lr={lr}"), prepared, checkpoints))
+    assert sorted(checkpoints.iterdir()) == sorted([long_run, *tries])
+    assert load_checkpoint(long_run).epoch == 3  # 12 steps of 4 an epoch: still at epoch 4
+
+
+def test_checkpoints_beyond_the_size_or_age_limit_go_oldest_first(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    now = 1_000_000.0
+    files = []
+    for index, (size, age_hours) in enumerate([(300, 1), (200, 2), (100, 3), (100, 50)]):
+        path = folder / f"run{index}.safetensors"
+        path.write_bytes(b"x" * size)
+        os.utime(path, (now - age_hours * 3600, now - age_hours * 3600))
+        files.append(path)
+    current = files[0]
+    removed = prune_checkpoints(current, Retention(max_bytes=10**6, max_age_seconds=48 * 3600), now=now)
+    assert removed == [files[3]]  # older than two days
+    removed = prune_checkpoints(current, Retention(max_bytes=550, max_age_seconds=48 * 3600), now=now)
+    assert removed == [files[2]]  # 600 bytes > 550: the oldest goes
+    files[1].touch()
+    os.utime(files[1], (now - 7200, now - 7200))
+    removed = prune_checkpoints(current, Retention(max_bytes=100, max_age_seconds=48 * 3600), now=now)
+    assert removed == [files[1]] and sorted(folder.iterdir()) == [current]  # never the run's own
 
 
 def test_data_from_other_preprocessing_starts_fresh(
@@ -257,13 +288,15 @@ def test_damaged_checkpoint_is_a_clear_error(prepared: Path, tmp_path: Path, dam
         run(fast(), prepared, checkpoint.parent)
 
 
-def run_cli(project: Path, *arguments: str, script: str = "", **kwargs: Any) -> subprocess.Popen[str]:
+def run_cli(
+    project: Path, *arguments: str, script: str = "", env: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.Popen[str]:
     """Start `python -m stages ...` in `project`, optionally after running `script` in the same process."""
     code = textwrap.dedent(script) + "\nimport sys\nfrom stages.cli import app\napp(sys.argv[1:])\n"
     return subprocess.Popen(
         [sys.executable, "-c", code, *arguments],
         cwd=project,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**(env or os.environ), "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -388,3 +421,38 @@ def test_compiled_training_saves_plain_weights_close_to_eager(prepared: Path, tm
     for name, tensor in eager.state.items():
         if tensor.is_floating_point():
             torch.testing.assert_close(compiled.state[name], tensor, rtol=0, atol=1e-3)
+
+
+def test_validation_every_few_epochs_and_always_after_the_last(prepared: Path, tmp_path: Path) -> None:
+    outcome = run(fast("train.epochs=5", "train.val_every=2"), prepared, tmp_path / "checkpoints")
+    scored = [row["epoch"] for row in outcome.history if row["val_acc"] is not None]
+    assert scored == [2, 4, 5]
+    assert outcome.metrics["val_accuracy"] == outcome.history[-1]["val_acc"]
+
+
+def test_a_dvc_run_checkpoints_in_the_repository_and_any_workspace_resumes(
+    cli_project: Path, tmp_path: Path
+) -> None:
+    """A queued experiment runs in a temporary copy that DVC deletes; DVC_ROOT names the repository,
+    so its checkpoint lands there and a run in another workspace of the repository resumes it."""
+    repository = tmp_path / "repository"
+    dvc = {"DVC_ROOT": str(repository), "DVC_STAGE": "train", "DVC_EXP_NAME": "sweep-1"}
+    options = settings("train.epochs=40", "model.arch=tutorial", "train.checkpoint_every=0")
+    process = run_cli(cli_project, "train", *options, env={**os.environ, **dvc})
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "epoch 1 " in line:
+            process.send_signal(signal.SIGINT)
+            break
+    _, errors = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT, errors
+    assert f"checkpoint saved to {repository / 'checkpoints'}/" in errors
+    assert "run the same `dvc exp run` again" in errors and "cifar10 train" not in errors
+    assert not (cli_project / "checkpoints").exists()
+
+    other_workspace = tmp_path / "other"
+    shutil.copytree(cli_project, other_workspace)
+    resumed = run_cli(other_workspace, "train", *options, env={**os.environ, **dvc})
+    _, errors = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, errors
+    assert f"resuming from {repository / 'checkpoints'}/" in errors
