@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline.convolution import _MatmulWeightGradient, choose_route, matmul_conv2d  # noqa: E402
+from pipeline.hardware import cpu_class, settings_for  # noqa: E402
 
 Convolution = Callable[[Tensor, Tensor, int, int], Tensor]
 
@@ -43,19 +44,20 @@ def weight_gradient_as_matmul(images: Tensor, weight: Tensor, stride: int, paddi
 
 
 def milliseconds(
-    convolution: Convolution, images: Tensor, weight: Tensor, stride: int, repeats: int
+    convolution: Convolution, images: Tensor, weight: Tensor, stride: int, repeats: int, bf16: bool
 ) -> float:
     """Best of `repeats` timed forward + backward passes, after two warm-up passes."""
     times = []
     upstream = None  # a random gradient from above, channels_last like the network's
+    dtype = torch.bfloat16 if bf16 else torch.float32
     for attempt in range(repeats + 2):
         inputs, kernel = images.detach().requires_grad_(), weight.detach().requires_grad_()
         if upstream is None:
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 shape = onednn(images, weight, stride, weight.shape[-1] // 2).shape
-            upstream = torch.randn(shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            upstream = torch.randn(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             output = convolution(inputs, kernel, stride, weight.shape[-1] // 2)
         output.backward(upstream)
         if attempt >= 2:
@@ -79,23 +81,32 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     arguments = parser.parse_args()
     torch.manual_seed(0)
-    print(f"batch {arguments.batch}, width {arguments.width}, torch {torch.__version__}, bf16 autocast\n")
+    bf16 = arguments.precision == "bf16"
+    isa = cpu_class()
+    routes = settings_for(isa).routes
+    print(
+        f"batch {arguments.batch}, width {arguments.width}, torch {torch.__version__}, "
+        f"{'bf16 autocast' if bf16 else 'fp32'}, CPU class {isa}\n"
+    )
     print("| in -> out | map | stride | oneDNN ms | matmul ms | weight-gradient matmul ms | chosen |")
     print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
     for in_channels, out_channels, size, stride in shapes(arguments.width):
-        images = torch.randn(arguments.batch, in_channels, size, size).to(torch.bfloat16)
+        images = torch.randn(arguments.batch, in_channels, size, size).to(
+            torch.bfloat16 if bf16 else torch.float32
+        )
         images = images.contiguous(memory_format=torch.channels_last)
         weight = (torch.randn(out_channels, in_channels, 3, 3) * 0.05).contiguous(
             memory_format=torch.channels_last
         )
         timings = [
-            milliseconds(route, images, weight, stride, arguments.repeats)
+            milliseconds(route, images, weight, stride, arguments.repeats, bf16)
             for route in (onednn, matmul, weight_gradient_as_matmul)
         ]
         out_size = (size + 2 - 3) // stride + 1
-        chosen = choose_route(out_size * out_size, in_channels, stride)
+        chosen = choose_route(out_size * out_size, in_channels, stride, routes)
         print(
             f"| {in_channels} -> {out_channels} | {size}x{size} -> {out_size}x{out_size} | {stride} | "
             + " | ".join(f"{value:.1f}" for value in timings)

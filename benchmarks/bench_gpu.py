@@ -290,6 +290,7 @@ def measure_steps(prepared: Path, out: Path, tiny: bool) -> None:
         InputTransform,
         build_optimizer,
         build_train_step,
+        compile_model,
         evaluate,
         place_model,
         resolve_device,
@@ -350,7 +351,7 @@ def measure_steps(prepared: Path, out: Path, tiny: bool) -> None:
         for name, compiled, graphed in configurations:
             torch.manual_seed(0)
             model = place_model(build_model("resnet18", width), device)
-            runner = torch.compile(model) if compiled else model
+            runner = compile_model(model, device) if compiled else model
             step = build_train_step(
                 runner,
                 build_optimizer(model, params),

@@ -38,6 +38,7 @@ from pipeline.engine import (  # noqa: E402
     TrainSetup,
     build_optimizer,
     build_train_step,
+    compile_model,
     place_model,
     resolve_precision,
     train_one_epoch,
@@ -145,7 +146,7 @@ def pipeline_loop(
     ).train
     torch.manual_seed(0)
     model = place_model(build_model(arch, 64), device)  # type: ignore[arg-type]
-    runner = torch.compile(model) if compile else model
+    runner = compile_model(model, device) if compile else model
     times: list[float] = []
 
     def advance(amount: float) -> None:
@@ -184,9 +185,22 @@ def pipeline_loop(
     return result
 
 
+# Environment that makes oneDNN and ATen use only the instructions of a weaker class of CPU.
+EMULATION: dict[str, dict[str, str]] = {
+    "native": {},
+    "avx512-bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+    "avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+}
+
+
 def measure_in_subprocess(config: dict[str, Any]) -> dict[str, Any]:
     completed = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps(config)], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--one", json.dumps(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=os.environ | EMULATION[config.get("emulate", "native")],
     )
     if completed.returncode != 0:
         raise RuntimeError(f"{config}: {completed.stderr[-2000:]}")
@@ -210,30 +224,54 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
             config["precision"],
             config["compile"],
         )
-    return result | {"peak_rss_mb": peak_rss_mb() + peak_rss_mb(resource.RUSAGE_CHILDREN)}
+    from pipeline.hardware import cpu_class
+
+    return result | {
+        "peak_rss_mb": peak_rss_mb() + peak_rss_mb(resource.RUSAGE_CHILDREN),
+        "cpu_class": cpu_class(),
+    }
 
 
 def throughput(
-    prepared: Path, devices: list[str], steps: dict[str, int], rounds: int
+    prepared: Path, devices: list[str], steps: dict[str, int], rounds: int, emulate: str = "native"
 ) -> list[dict[str, Any]]:
     """Each configuration measured `rounds` times, round robin, so a drift in the machine's speed hits
-    all of them alike; a row reports the median."""
+    all of them alike; a row reports the median. bf16 rows are left out on a class without bf16
+    instructions (emulated bf16 takes about a minute a step there)."""
+    from pipeline.hardware import NATIVE_BF16, cpu_class
+
+    isa = cpu_class(environment=os.environ | EMULATION[emulate])
     rows = []
     for device in devices:
         for arch in ("resnet18", "tutorial"):
             base = {"arch": arch, "device": device, "prepared": str(prepared), "batch": 128, "warmup": 3}
             base["steps"] = steps[arch] if device == "cpu" else 100
-            configs = [
-                base | {"loop": "plain", "precision": "fp32", "compile": False},
-                base | {"loop": "pipeline", "precision": "fp32", "compile": False},
-                base | {"loop": "pipeline", "precision": "bf16", "compile": False},
-                base | {"loop": "pipeline", "precision": "bf16", "compile": True},
+            base["emulate"] = emulate
+            precisions = ["fp32", "bf16"] if device != "cpu" or isa in NATIVE_BF16 else ["fp32"]
+            configs = [base | {"loop": "plain", "precision": "fp32", "compile": False}] + [
+                base | {"loop": "pipeline", "precision": precision, "compile": compiled}
+                for precision in precisions
+                for compiled in (False, True)
             ]
             measured: list[list[dict[str, Any]]] = [[] for _ in configs]
+            failures: dict[int, str] = {}
             for _ in range(rounds):
-                for config, results in zip(configs, measured, strict=True):
-                    results.append(measure_in_subprocess(config))
+                for index, (config, results) in enumerate(zip(configs, measured, strict=True)):
+                    if index in failures:
+                        continue
+                    try:
+                        results.append(measure_in_subprocess(config))
+                    except RuntimeError as error:  # e.g. a NaN: recorded, and the others go on
+                        failures[index] = str(error).strip().splitlines()[-1]
+                        print(json.dumps(config | {"failed": failures[index]}), flush=True)
+                        continue
                     print(json.dumps(config | results[-1]), flush=True)
+            failed_rows = [
+                configs[index] | {"failed": message, "cpu_class": isa, "speedup": 0.0, "auto": False}
+                for index, message in failures.items()
+            ]
+            kept = [index for index in range(len(configs)) if index not in failures]
+            configs, measured = [configs[index] for index in kept], [measured[index] for index in kept]
             summaries = []
             for config, results in zip(configs, measured, strict=True):
                 speeds = [result["images_per_second"] for result in results]
@@ -243,12 +281,21 @@ def throughput(
                         "images_per_second": float(np.median(speeds)),
                         "images_per_second_each_round": speeds,
                         "peak_rss_mb": max(result["peak_rss_mb"] for result in results),
+                        "cpu_class": results[0]["cpu_class"],
                     }
                 )
             reference = summaries[0]["images_per_second"]
+            from pipeline.engine import resolve_precision
+            from pipeline.training import should_compile
+
+            auto_precision = resolve_precision("auto", torch.device(device), isa)
+            auto_compile = should_compile("auto", torch.device(device), arch, isa)
             for summary in summaries:
                 summary["speedup"] = summary["images_per_second"] / reference
-            rows += summaries
+                summary["auto"] = summary["loop"] == "pipeline" and (
+                    (summary["precision"], summary["compile"]) == (auto_precision, auto_compile)
+                )
+            rows += summaries + failed_rows
     return rows
 
 
@@ -341,13 +388,20 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"Machine: {results['machine']}", ""]
     if results["throughput"]:
         lines += [
-            "| arch | device | loop | precision | compile | images/s | vs plain fp32 | peak RSS MB |",
-            "| --- | --- | --- | --- | --- | ---: | ---: | ---: |",
+            "| class | arch | device | loop | precision | compile | images/s | vs plain fp32 | peak RSS MB |",
+            "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: |",
         ]
         for row in results["throughput"]:
+            loop = row["loop"] + (" (the stage's `auto`)" if row.get("auto") else "")
+            compiled = "yes" if row["compile"] else "no"
+            start = f"| {row.get('cpu_class', '')} | {row['arch']} | {row['device']} | {loop} "
+            start += f"| {row['precision']} | {compiled} "
+            if "failed" in row:
+                lines.append(start + f"| failed: {row['failed'][-60:]} | | |")
+                continue
             lines.append(
-                f"| {row['arch']} | {row['device']} | {row['loop']} | {row['precision']} | {row['compile']} "
-                f"| {row['images_per_second']:.0f} | {row['speedup']:.2f} | {row['peak_rss_mb']:.0f} |"
+                start
+                + f"| {row['images_per_second']:.0f} | {row['speedup']:.2f} | {row['peak_rss_mb']:.0f} |"
             )
     if results["time_to_accuracy"]:
         lines += [
@@ -398,6 +452,12 @@ def main() -> None:
         "--processes", type=int, nargs="*", default=[], help="process counts for the DDP rows"
     )
     parser.add_argument("--rounds", type=int, default=3, help="round-robin repeats of each throughput config")
+    parser.add_argument(
+        "--emulate",
+        choices=sorted(EMULATION),
+        default="native",
+        help="limit oneDNN and ATen to the instructions of a weaker class of CPU",
+    )
     parser.add_argument("--name", default="cpu", help="results/<name>.json and .md")
     arguments = parser.parse_args()
     if arguments.one:
@@ -412,7 +472,7 @@ def main() -> None:
     if arguments.prepared:
         steps = {"resnet18": arguments.resnet_steps, "tutorial": arguments.tutorial_steps}
         results["throughput"] = throughput(
-            arguments.prepared.resolve(), arguments.devices, steps, arguments.rounds
+            arguments.prepared.resolve(), arguments.devices, steps, arguments.rounds, arguments.emulate
         )
     for recipe in arguments.time_to_accuracy:
         results["time_to_accuracy"] += time_to_accuracy(

@@ -3,7 +3,7 @@
 oneDNN's convolution kernels run far below its matrix-multiply speed on this kind of CPU when the
 output map has only a few pixels, and their weight gradient is the slowest part. Forward +
 backward of the 3x3 convolutions of both networks, batch 128, width 64, bf16 autocast,
-channels_last, 2-core Xeon with AMX (benchmarks/bench_convolution.py, results/cpu-convolution.md):
+channels_last, 2-core Xeon with AMX (benchmarks/bench_convolution.py, results/cpu-convolution-amx-bf16.md):
 
     channels    output map          oneDNN   im2col + matmul   only the weight gradient as matmul
     512 -> 512  1x1                 23.5 ms       2.3 ms                14.9 ms
@@ -15,11 +15,13 @@ channels_last, 2-core Xeon with AMX (benchmarks/bench_convolution.py, results/cp
     128 -> 256  16x16 -> 8x8        18.7 ms      59.3 ms         17-33 ms (about even)
     128 -> 128  16x16               15.9 ms     174.7 ms                41.0 ms
 
-So `SmallMapConv2d` computes outputs of at most 2x2 pixels as im2col + one matrix product, keeps
-oneDNN's forward and input gradient but takes the weight gradient as one matrix product for
-outputs of at most 4x4 pixels (8x8 when strided) with 64 or more input channels, and leaves
-everything else to oneDNN. It has the same parameters as nn.Conv2d, so state dicts and weight
-files do not change. On other devices it is nn.Conv2d.
+So on that CPU `SmallMapConv2d` computes outputs of at most 2x2 pixels as im2col + one matrix
+product, keeps oneDNN's forward and input gradient but takes the weight gradient as one matrix
+product for outputs of at most 4x4 pixels (8x8 when strided) with 64 or more input channels, and
+leaves everything else to oneDNN. Other classes of CPU measured other thresholds (fp32 with
+AVX-512: the weight gradient as a matrix product up to 16x16 maps; AVX2: no weight-gradient
+route); `pipeline.hardware.SETTINGS` holds them per class. It has the same parameters as
+nn.Conv2d, so state dicts and weight files do not change. On other devices it is nn.Conv2d.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as functional
 from torch import Tensor, nn
+
+from pipeline.hardware import AMX_ROUTES, ONEDNN_ONLY, Routes
 
 Route = Literal["matmul", "matmul-weight-gradient", "onednn"]
 
@@ -103,17 +107,20 @@ class _MatmulWeightGradient(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None, None
 
 
-def choose_route(out_pixels: int, in_channels: int, stride: int) -> Route:
-    """Where each route measured fastest on the CPU (module docstring)."""
-    if out_pixels <= 4:
+def choose_route(out_pixels: int, in_channels: int, stride: int, routes: Routes = AMX_ROUTES) -> Route:
+    """Where each route measured fastest on this class of CPU (module docstring, pipeline.hardware)."""
+    if out_pixels <= routes.matmul_max_pixels:
         return "matmul"
-    if in_channels >= 64 and (out_pixels <= 16 or (stride > 1 and out_pixels <= 64)):
+    limit = routes.weight_gradient_max_pixels_strided if stride > 1 else routes.weight_gradient_max_pixels
+    if in_channels >= routes.weight_gradient_min_channels and out_pixels <= limit:
         return "matmul-weight-gradient"
     return "onednn"
 
 
 class SmallMapConv2d(nn.Conv2d):
     """nn.Conv2d that routes small output maps on the CPU through matrix products."""
+
+    routes: Routes = AMX_ROUTES  # set per CPU class by use_small_map_convolutions
 
     def forward(self, input: Tensor) -> Tensor:
         if input.device.type != "cpu":
@@ -122,7 +129,7 @@ class SmallMapConv2d(nn.Conv2d):
         assert isinstance(padding, tuple)  # `SmallMapConv2d.replacing` accepts only numeric padding
         out_height = (input.shape[-2] + 2 * padding[0] - kernel) // stride + 1
         out_width = (input.shape[-1] + 2 * padding[0] - kernel) // stride + 1
-        route = choose_route(out_height * out_width, self.in_channels, stride)
+        route = choose_route(out_height * out_width, self.in_channels, stride, self.routes)
         if route == "onednn":
             return super().forward(input)
         if route == "matmul":
@@ -137,7 +144,7 @@ class SmallMapConv2d(nn.Conv2d):
         return output
 
     @classmethod
-    def replacing(cls, conv: nn.Conv2d) -> nn.Conv2d:
+    def replacing(cls, conv: nn.Conv2d, routes: Routes = AMX_ROUTES) -> nn.Conv2d:
         """A SmallMapConv2d sharing `conv`'s parameters, or `conv` itself unless it is plain and square."""
         padding = conv.padding
         if type(conv) is not nn.Conv2d or not isinstance(padding, tuple) or padding[0] != padding[1]:
@@ -157,13 +164,17 @@ class SmallMapConv2d(nn.Conv2d):
         )
         replacement.weight = conv.weight
         replacement.bias = conv.bias
+        replacement.routes = routes
         return replacement
 
 
-def use_small_map_convolutions(model: nn.Module) -> nn.Module:
-    """Swap every plain nn.Conv2d in `model` for a SmallMapConv2d with the same parameters, in place."""
+def use_small_map_convolutions(model: nn.Module, routes: Routes = AMX_ROUTES) -> nn.Module:
+    """Swap every plain nn.Conv2d in `model` for a SmallMapConv2d with the same parameters, in
+    place, routed as `routes` says (nothing is swapped when every route is oneDNN's)."""
+    if routes == ONEDNN_ONLY:
+        return model
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Conv2d):
-                setattr(parent, name, SmallMapConv2d.replacing(child))
+                setattr(parent, name, SmallMapConv2d.replacing(child, routes))
     return model

@@ -9,13 +9,12 @@ processes, sees exactly the same batches. The step itself is pipeline.step.
 from __future__ import annotations
 
 import contextlib
-import platform
+import logging
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,12 +25,13 @@ from pipeline.augmentation import augment_epoch
 from pipeline.convolution import use_small_map_convolutions
 from pipeline.data import Split
 from pipeline.errors import PipelineError
+from pipeline.hardware import NATIVE_BF16, IsaClass, cpu_class, settings_for
 from pipeline.params import TrainParams
 from pipeline.step import CudaGraphStep, DeviceTotals, LearningRate, TrainStep, WeightAverage
 
 Precision = Literal["bf16", "fp32"]
 ReduceSum = Callable[[Tensor], Tensor]
-BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX-512/AMX, Arm BF16
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- devices and precision
@@ -56,40 +56,46 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def place_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move `model` to `device` in channels_last; on the CPU, small maps use matrix-product convolutions."""
+def place_model(model: nn.Module, device: torch.device, isa: IsaClass | None = None) -> nn.Module:
+    """Move `model` to `device` in channels_last; on the CPU, small maps use matrix-product
+    convolutions where they measured faster on this class of CPU (`isa`, default: this one's)."""
     if device.type == "cpu":
-        use_small_map_convolutions(model)
+        use_small_map_convolutions(model, settings_for(isa or cpu_class()).routes)
     return model.to(device).to(memory_format=torch.channels_last)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AMX or AVX512_BF16 on x86, BF16 on Arm), per /proc/cpuinfo."""
-    if platform.system() != "Linux":
-        return False
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = {
-        flag
-        for line in text.splitlines()
-        if line.lower().startswith(("flags", "features"))
-        for flag in line.split()
-    }
-    return bool(flags & BF16_CPU_FLAGS)
+def compile_model(module: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile for the device. On the CPU without Inductor's buffer reuse: with it, the
+    compiled ResNet-18 (width 64, batch 128, SmallMapConv2d) corrupts the heap in torch 2.14.1
+    (`malloc(): corrupted size vs. prev_size` on its first step; the same graph runs correctly
+    without reuse, and eager and plain nn.Conv2d graphs are unaffected)."""
+    options: dict[str, str | int | bool | Callable[..., Any]] | None = None
+    if device.type == "cpu":
+        options = {"allow_buffer_reuse": False}
+    return torch.compile(module, options=options)  # type: ignore[return-value]
 
 
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """`auto` is bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere."""
-    if name == "bf16":
-        return "bf16"
+def resolve_precision(name: str, device: torch.device, isa: IsaClass | None = None) -> Precision:
+    """`auto` is bf16 autocast on CUDA, and on a CPU what measured fastest on its class
+    (pipeline.hardware: bf16 with AMX only). An explicit bf16 on a CPU without bf16 instructions
+    is kept, with one warning: every bf16 operation is emulated there."""
     if name == "fp32":
         return "fp32"
+    if device.type == "cpu":
+        isa = isa or cpu_class()
+        if name == "bf16":
+            if isa not in NATIVE_BF16:
+                logger.warning(
+                    "precision bf16 on a CPU without bf16 instructions (%s class): emulated, several "
+                    "times slower than fp32; `auto` would use fp32",
+                    isa,
+                )
+            return "bf16"
+        return settings_for(isa).precision
+    if name == "bf16":
+        return "bf16"
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
     return "fp32"
 
 

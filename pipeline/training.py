@@ -38,6 +38,7 @@ from pipeline.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from pipeline.cores import CoreShare, share_cores
 from pipeline.data import load_meta, load_split
 from pipeline.distributed import Distributed
 from pipeline.engine import (
@@ -48,6 +49,7 @@ from pipeline.engine import (
     TrainSetup,
     build_optimizer,
     build_train_step,
+    compile_model,
     evaluate,
     out_of_memory_hint,
     place_model,
@@ -57,6 +59,7 @@ from pipeline.engine import (
     train_one_epoch,
 )
 from pipeline.errors import PipelineError, TrainingInterrupted
+from pipeline.hardware import IsaClass, cpu_class, settings_for
 from pipeline.model import build_model
 from pipeline.params import ModelParams, TrainParams, trained_params, training_digest
 from pipeline.progress import progress
@@ -104,6 +107,8 @@ class Run:
     distributed: Distributed | None
     retention: Retention | None  # how much the checkpoint folder keeps (None: everything)
     resume_hint: str  # what to run to resume, in the interrupt message
+    compiled: bool  # whether torch.compile runs the model
+    cpu_class: str | None  # the CPU's instruction-set class (pipeline.hardware), on the CPU
 
     @property
     def is_main(self) -> bool:
@@ -169,17 +174,28 @@ def data_digest(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
-def should_compile(setting: str | bool, device: torch.device) -> bool:
-    """`auto`: on for CUDA, and on the CPU where Inductor finds its C++ compiler.
-
-    On the 2-core CPU of benchmarks/README.md, compiling fuses BatchNorm, ReLU and the residual
-    sums and trains ResNet-18 1.3-1.5x faster than eager after a one-time compile of ~30-60 s.
-    """
+def should_compile(
+    setting: str | bool, device: torch.device, arch: str = "resnet18", isa: IsaClass | None = None
+) -> bool:
+    """`auto`: on for CUDA; on the CPU where it measured faster for this arch on this class of
+    CPU (pipeline.hardware) and Inductor finds its C++ compiler."""
     if setting != "auto":
         return bool(setting)
     if device.type == "cpu":
-        return shutil.which(os.environ.get("CXX", "g++")) is not None
+        wanted = settings_for(isa or cpu_class()).compile(arch)
+        return wanted and shutil.which(os.environ.get("CXX", "g++")) is not None
     return device.type == "cuda"
+
+
+def describe_cpu_choice(params: TrainParams, precision: str, compiled: bool, isa: IsaClass) -> str:
+    """One line: what runs on this CPU, and whether `auto` chose it and from which measurement."""
+    chosen = [
+        f"{precision}{' (auto)' if params.precision == 'auto' else ''}",
+        f"{'compiled' if compiled else 'eager'}{' (auto)' if params.compile == 'auto' else ''}",
+    ]
+    source = settings_for(isa).source
+    basis = f"the measurements in benchmarks/{source}" if source.startswith("results/") else source
+    return f"CPU class {isa}: {', '.join(chosen)}, convolution routes of the class; auto follows {basis}"
 
 
 def should_capture(setting: str | bool, device: torch.device, data_parallel: bool) -> bool:
@@ -230,8 +246,10 @@ def train(
     """
     run = _set_up(model_params, params, prepared, checkpoints, distributed)
     run = dataclasses.replace(run, retention=retention, resume_hint=resume_hint)
-    state = _resume(run, restart)
-    _train_epochs(run, state, report)
+    on_cpu = run.setup.device.type == "cpu"
+    with share_cores() if on_cpu else contextlib.nullcontext(None) as cores:
+        state = _resume(run, restart)
+        _train_epochs(run, state, report, cores)
     return _outcome(run, state) if run.is_main else None
 
 
@@ -268,7 +286,9 @@ def _set_up(
         torch.backends.cudnn.benchmark = True
 
     seed_everything(params.seed)
-    model = place_model(build_model(model_params.arch, model_params.width, len(meta["classes"])), device)
+    isa = cpu_class()
+    model = build_model(model_params.arch, model_params.width, len(meta["classes"]))
+    model = place_model(model, device, isa)
     if distributed and params.sync_bn:
         if device.type != "cuda":
             raise PipelineError("train.sync_bn: PyTorch's SyncBatchNorm works on CUDA devices only")
@@ -281,15 +301,18 @@ def _set_up(
         runner = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if should_compile(params.compile, device):
-        runner = torch.compile(runner)  # type: ignore[assignment]
+    compiled = should_compile(params.compile, device, model_params.arch, isa)
+    if compiled:
+        runner = compile_model(runner, device)
 
     identity = {
         "params_sha256": training_digest(model_params, params),
         "data_sha256": data_digest(meta),
         "code_sha256": code_digest(),
     }
-    precision = resolve_precision(params.precision, device)
+    precision = resolve_precision(params.precision, device, isa)
+    if device.type == "cpu" and (distributed is None or distributed.is_main):
+        logger.info(describe_cpu_choice(params, precision, compiled, isa))
     transform = InputTransform.create(meta["mean"], meta["std"], params.normalize, device)
     step = build_train_step(
         runner,
@@ -330,6 +353,8 @@ def _set_up(
         distributed=distributed,
         retention=None,
         resume_hint="",
+        compiled=compiled,
+        cpu_class=isa if device.type == "cpu" else None,
     )
 
 
@@ -394,8 +419,11 @@ def _save_checkpoint(run: Run, state: Progress) -> None:
 # ----------------------------------------------------------------------------- 3. the epoch loop
 
 
-def _train_epochs(run: Run, state: Progress, report: Report | None) -> None:
-    """Epochs from where `state` stands to the last; `state` moves along, checkpoints are saved."""
+def _train_epochs(run: Run, state: Progress, report: Report | None, cores: CoreShare | None) -> None:
+    """Epochs from where `state` stands to the last; `state` moves along, checkpoints are saved.
+
+    On the CPU, `cores` gives this run its share of the cores as other trainings start and end.
+    """
     params, setup = run.params, run.setup
     if report is not None and run.is_main and state.history:  # a resumed run shows its epochs at once
         report(state.history, _summary(run, state.history))
@@ -403,6 +431,8 @@ def _train_epochs(run: Run, state: Progress, report: Report | None) -> None:
     with stop_on_signals() as stop:
 
         def should_stop(step: int) -> bool:
+            if cores is not None:
+                cores.rebalance()  # at most every few seconds
             requested = stop.signal_number is not None
             return run.distributed.any(requested, setup.device) if run.distributed else requested
 
@@ -500,6 +530,8 @@ def _summary(run: Run, history: History) -> dict[str, Any]:
         "device": run.setup.device.type,
         "precision": run.setup.precision,
         "processes": run.setup.world_size,
+        "compiled": run.compiled,
+        **({"cpu_class": run.cpu_class} if run.cpu_class else {}),
     }
 
 

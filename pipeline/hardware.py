@@ -1,0 +1,151 @@
+"""What is fastest on the CPU at hand: precision, compilation and convolution routes by instruction set.
+
+CPUs fall into classes by the matrix instructions oneDNN and ATen can use: AMX (bf16 tiles, Xeon
+since Sapphire Rapids), AVX-512 with AVX512_BF16 but no AMX (Cooper Lake, Zen 4), AVX-512
+without bf16 (Skylake to Ice Lake servers), AVX2 (most laptops and desktops). Each class gets the
+settings measured fastest on it with benchmarks/bench_train.py and bench_convolution.py (tables in
+benchmarks/results/cpu-<class>.md; classes other than the development machine's are emulated by
+limiting oneDNN and ATen, which this module honours too):
+
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16   oneDNN without AMX
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE        oneDNN without bf16 instructions
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2   AVX2 only
+
+bf16 pays with AMX, and with AVX512_BF16 alone once the weight gradients of most convolutions are
+matrix products (oneDNN's bf16 weight gradient without AMX is what made bf16 slower than fp32
+there); without bf16 instructions every bf16 operation is emulated, so those classes train in fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+IsaClass = Literal["other", "avx2", "avx512", "avx512-bf16", "amx"]
+CLASSES: tuple[IsaClass, ...] = ("other", "avx2", "avx512", "avx512-bf16", "amx")  # weakest first
+NATIVE_BF16: frozenset[IsaClass] = frozenset({"avx512-bf16", "amx"})
+
+# oneDNN's ISA names (its documentation, "CPU Dispatcher Control") -> the class they allow at most
+ONEDNN_LIMITS: dict[str, IsaClass] = {
+    "SSE41": "other",
+    "AVX": "other",
+    "AVX2": "avx2",
+    "AVX2_VNNI": "avx2",
+    "AVX2_VNNI_2": "avx2",
+    "AVX512_CORE": "avx512",
+    "AVX512_CORE_VNNI": "avx512",
+    "AVX512_CORE_BF16": "avx512-bf16",
+    "AVX512_CORE_FP16": "avx512-bf16",
+    "AVX10_1_512": "avx512-bf16",
+}
+# ATen's dispatch levels (ATEN_CPU_CAPABILITY) -> the class they allow at most
+ATEN_LIMITS: dict[str, IsaClass] = {"default": "other", "avx2": "avx2"}
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty elsewhere than Linux); read once."""
+    if platform.system() != "Linux":
+        return frozenset()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(
+        flag
+        for line in text.splitlines()
+        if line.lower().startswith(("flags", "features"))
+        for flag in line.split(":", 1)[-1].split()
+    )
+
+
+def native_class(flags: frozenset[str]) -> IsaClass:
+    if {"amx_bf16", "amx_tile"} <= flags:
+        return "amx"
+    if {"avx512f", "avx512bw", "avx512_bf16"} <= flags:
+        return "avx512-bf16"
+    if {"avx512f", "avx512bw"} <= flags:
+        return "avx512"
+    if "avx2" in flags:
+        return "avx2"
+    return "other"
+
+
+def cpu_class(flags: frozenset[str] | None = None, environment: Mapping[str, str] | None = None) -> IsaClass:
+    """The class whose instructions oneDNN and ATen will use here: the CPU's own, lowered by
+    ONEDNN_MAX_CPU_ISA and ATEN_CPU_CAPABILITY when they are set."""
+    environment = os.environ if environment is None else environment
+    found = native_class(cpu_flags() if flags is None else flags)
+    limits = [
+        ONEDNN_LIMITS.get(environment.get("ONEDNN_MAX_CPU_ISA", "").upper()),
+        ATEN_LIMITS.get(environment.get("ATEN_CPU_CAPABILITY", "").lower()),
+    ]
+    for limit in limits:
+        if limit is not None and CLASSES.index(limit) < CLASSES.index(found):
+            found = limit
+    return found
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Where `pipeline.convolution.SmallMapConv2d` leaves oneDNN for matrix products (see there)."""
+
+    matmul_max_pixels: int  # outputs of at most this many pixels: im2col + one matrix product
+    weight_gradient_max_pixels: int  # stride 1, at most this many output pixels: weight gradient as matmul
+    weight_gradient_max_pixels_strided: int  # the same for strided convolutions
+    weight_gradient_min_channels: int  # ... with at least this many input channels
+
+
+ONEDNN_ONLY = Routes(0, 0, 0, 0)
+# benchmarks/results/cpu-convolution-amx-bf16.md: bf16 on AMX
+AMX_ROUTES = Routes(4, 16, 64, 64)
+# cpu-convolution-avx512-fp32.md: fp32 with AVX-512. The weight gradient as one matrix product wins
+# for every map up to 16x16 (42.6 against 70.8 ms for 128 -> 256, 16x16 -> 8x8), and also beats
+# the whole convolution as im2col + matmul down to 2x2 outputs; only a 1x1 output is faster as
+# one matrix product. oneDNN's fp32 kernels are the same with and without AVX512_BF16.
+AVX512_FP32_ROUTES = Routes(1, 256, 256, 64)
+# cpu-convolution-avx2-fp32.md: fp32 with AVX2 (emulated). The weight gradient as a matrix
+# product is 10x slower there; im2col + matmul wins for outputs of up to 2x2 pixels.
+AVX2_FP32_ROUTES = Routes(4, 0, 0, 1 << 30)
+
+
+@dataclass(frozen=True)
+class CpuSettings:
+    """The settings `auto` stands for on one class of CPU, and the measurement they come from."""
+
+    precision: Literal["bf16", "fp32"]
+    compile_resnet18: bool
+    compile_tutorial: bool
+    routes: Routes
+    source: str  # the benchmark result behind the choice
+
+    def compile(self, arch: str) -> bool:
+        return self.compile_tutorial if arch == "tutorial" else self.compile_resnet18
+
+
+SETTINGS: dict[IsaClass, CpuSettings] = {
+    # AMX (README before this table): bf16 2.88x and bf16 + compile 3.57x the plain loop for
+    # ResNet-18; the tutorial net 2.37x in bf16 eager, 2.18x compiled.
+    "amx": CpuSettings("bf16", True, False, AMX_ROUTES, "results/cpu-throughput.md"),
+    # results/cpu-avx512-bf16.md: bf16 2.5x the plain loop for ResNet-18 (fp32 1.2x), compiled
+    # 2% faster than eager; the tutorial net 2.0x in bf16 eager, not faster compiled.
+    "avx512-bf16": CpuSettings("bf16", True, False, AVX512_FP32_ROUTES, "results/cpu-avx512-bf16.md"),
+    # results/cpu-avx512.md (emulated): fp32 compiled 1.25x and 1.40x the plain loop, eager 1.18x
+    # and 1.27x.
+    "avx512": CpuSettings("fp32", True, True, AVX512_FP32_ROUTES, "results/cpu-avx512.md"),
+    # results/cpu-avx2.md (emulated): ResNet-18 compiled gets a NaN loss within its first steps
+    # (fp32 and bf16), so it trains eager (1.15x the plain loop there, 1.36-1.72x in two single
+    # rounds before); the tutorial net compiled ran clean and 9% faster than eager (644 / 591).
+    "avx2": CpuSettings("fp32", False, True, AVX2_FP32_ROUTES, "results/cpu-avx2.md"),
+    # not measured (Arm, older x86): the safe choice, plain PyTorch in fp32
+    "other": CpuSettings("fp32", False, False, ONEDNN_ONLY, "the safe choice for an unmeasured class"),
+}
+
+
+def settings_for(isa: IsaClass) -> CpuSettings:
+    return SETTINGS[isa]

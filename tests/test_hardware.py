@@ -1,0 +1,122 @@
+"""`auto` on the CPU: the instruction-set class, and the settings measured fastest for it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import pipeline.training as training
+from pipeline.convolution import SmallMapConv2d
+from pipeline.engine import place_model, resolve_precision
+from pipeline.hardware import AMX_ROUTES, SETTINGS, cpu_class, native_class, settings_for
+from pipeline.model import build_model
+from pipeline.params import TrainParams, load_params
+from tests.conftest import REPO
+
+CPU = torch.device("cpu")
+AMX = frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "amx_tile"})
+AVX512_BF16 = frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"})
+AVX512 = frozenset({"avx2", "avx512f", "avx512bw"})
+AVX2 = frozenset({"avx2", "fma"})
+
+
+def test_the_class_follows_the_flags() -> None:
+    assert [native_class(flags) for flags in (AMX, AVX512_BF16, AVX512, AVX2, frozenset())] == [
+        "amx",
+        "avx512-bf16",
+        "avx512",
+        "avx2",
+        "other",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({}, "amx"),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "avx512-bf16"),
+        ({"ONEDNN_MAX_CPU_ISA": "avx512_core"}, "avx512"),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "avx2"),
+        ({"ATEN_CPU_CAPABILITY": "avx2"}, "avx2"),
+        ({"ATEN_CPU_CAPABILITY": "avx512"}, "amx"),
+        ({"ONEDNN_MAX_CPU_ISA": "ALL"}, "amx"),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "default"}, "other"),
+    ],
+)
+def test_limits_on_onednn_and_aten_lower_the_class(environment: dict[str, str], expected: str) -> None:
+    assert cpu_class(AMX, environment) == expected
+
+
+def test_a_limit_never_raises_the_class() -> None:
+    assert cpu_class(AVX2, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}) == "avx2"
+
+
+def test_auto_precision_is_bf16_only_where_it_measured_faster() -> None:
+    choices = {isa: resolve_precision("auto", CPU, isa) for isa in SETTINGS}
+    assert choices == {isa: settings.precision for isa, settings in SETTINGS.items()}
+    assert choices["amx"] == choices["avx512-bf16"] == "bf16"  # never emulated bf16:
+    assert {choices[isa] for isa in ("avx512", "avx2", "other")} == {"fp32"}
+    assert resolve_precision("fp32", CPU, "amx") == "fp32"  # an explicit value wins
+
+
+def test_explicit_bf16_without_bf16_instructions_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pipeline.engine"):
+        assert resolve_precision("bf16", CPU, "avx2") == "bf16"
+        assert resolve_precision("bf16", CPU, "amx") == "bf16"
+    assert len(caplog.records) == 1 and "without bf16 instructions (avx2 class)" in caplog.messages[0]
+
+
+def test_auto_compile_follows_the_class_the_arch_and_the_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training.shutil, "which", lambda name: f"/usr/bin/{name}")
+    for isa, settings in SETTINGS.items():
+        for arch in ("resnet18", "tutorial"):
+            assert training.should_compile("auto", CPU, arch, isa) == settings.compile(arch), (isa, arch)
+    assert training.should_compile(True, CPU, "tutorial", "other")  # explicit values win
+    assert not training.should_compile(False, torch.device("cuda"), "resnet18", "amx")
+    monkeypatch.setattr(training.shutil, "which", lambda name: None)
+    assert not any(training.should_compile("auto", CPU, "resnet18", isa) for isa in SETTINGS)
+
+
+def test_unknown_cpus_get_the_safe_choice() -> None:
+    other = settings_for("other")
+    assert other.precision == "fp32" and not other.compile("resnet18") and not other.compile("tutorial")
+    plain = place_model(build_model("resnet18", 4), CPU, "other")
+    assert not any(isinstance(module, SmallMapConv2d) for module in plain.modules())
+    routed = [module for module in place_model(build_model("resnet18", 4), CPU, "amx").modules()]
+    assert {module.routes for module in routed if isinstance(module, SmallMapConv2d)} == {AMX_ROUTES}
+
+
+def test_every_class_names_the_measurement_behind_it() -> None:
+    for isa, settings in SETTINGS.items():
+        if isa != "other":
+            path = REPO / "benchmarks" / settings.source.split(" ")[0]
+            assert path.exists(), (isa, settings.source)
+
+
+def test_cpu_compilation_turns_off_inductors_buffer_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With buffer reuse, Inductor's CPU code for the routed ResNet-18 (width 64, batch 128)
+    corrupts the heap in torch 2.14.1; the pipeline compiles without it on the CPU."""
+    from pipeline.engine import compile_model
+
+    calls: list[object] = []
+    monkeypatch.setattr(torch, "compile", lambda module, options=None: calls.append(options) or module)
+    model = build_model("tutorial", 4)
+    assert compile_model(model, CPU) is model and compile_model(model, torch.device("cuda")) is model
+    assert calls == [{"allow_buffer_reuse": False}, None]
+
+
+def test_the_train_stage_says_what_it_chose_and_why() -> None:
+    params = training_params("train.precision=fp32")
+    line = training.describe_cpu_choice(params, "fp32", True, "avx512")
+    assert line == (
+        "CPU class avx512: fp32, compiled (auto), convolution routes of the class; auto follows the "
+        "measurements in benchmarks/results/cpu-avx512.md"
+    )
+    unknown = training.describe_cpu_choice(training_params(), "fp32", False, "other")
+    assert "fp32 (auto), eager (auto)" in unknown and "the safe choice for an unmeasured class" in unknown
+
+
+def training_params(*overrides: str) -> TrainParams:
+    return load_params(REPO / "params.yaml", list(overrides)).train
