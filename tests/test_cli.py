@@ -511,3 +511,17 @@ def test_checkpoints_command_lists_and_removes(trained: Path, monkeypatch: pytes
         invoke("checkpoints", "--remove", "nothing.safetensors"), 1, "no checkpoint nothing"
     )
     assert invoke("checkpoints", "--all").exit_code == 0 and list(folder.iterdir()) == []
+
+
+def test_torch_lines_that_are_not_problems_are_not_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from stages.common import configure_logging
+
+    configure_logging()
+    dynamo = logging.getLogger("torch._dynamo.variables.ctx_manager")
+    dynamo.warning("Profiler record function %s will be ignored", "<class 'record_function'>")
+    logging.getLogger("torch._dynamo.variables.torch").warning("Profiler function %s will be ignored", "x")
+    dynamo.warning("a real problem")
+    _, errors = capsys.readouterr()
+    assert "Profiler" not in errors and "a real problem" in errors

@@ -292,3 +292,23 @@ def test_each_stage_depends_on_exactly_the_code_it_imports(stage: str) -> None:
     definition = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
     code = {dependency for dependency in definition["deps"] if dependency.endswith(".py")}
     assert code == {f"stages/{stage}.py"} | project_imports(REPO / "stages" / f"{stage}.py")
+
+
+def test_stages_list_exactly_the_params_that_can_change_their_outputs() -> None:
+    from pipeline.params import RUN_TIME_ONLY, RUNTIME_TRAIN_KEYS, TrainParams
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    listed = {name: set(stage.get("params", [])) for name, stage in stages.items()}
+    every_train_key = {f"train.{key}" for key in TrainParams.model_fields}
+    assert listed["download"] == {"data.sha256"}
+    assert listed["train"] == {"model", "preprocess"} | every_train_key - {
+        f"train.{key}" for key in RUN_TIME_ONLY["train"]
+    }
+    weights = {"model"} | every_train_key - {f"train.{key}" for key in RUNTIME_TRAIN_KEYS}
+    assert listed["evaluate"] == {"evaluate", "preprocess"} | weights
+    assert listed["plots"] == weights
+    for section, keys in RUN_TIME_ONLY.items():  # params.yaml says which settings these are
+        lines = (REPO / "params.yaml").read_text().splitlines()
+        for key in keys:
+            line = next(line for line in lines if line.strip().startswith(f"{key}:"))
+            assert "run-time only" in line, (section, key)
