@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -65,14 +68,39 @@ def place_model(model: nn.Module, device: torch.device, isa: IsaClass | None = N
 
 
 def compile_model(module: nn.Module, device: torch.device) -> nn.Module:
-    """torch.compile for the device. On the CPU without Inductor's buffer reuse: with it, the
-    compiled ResNet-18 (width 64, batch 128, SmallMapConv2d) corrupts the heap in torch 2.14.1
-    (`malloc(): corrupted size vs. prev_size` on its first step; the same graph runs correctly
-    without reuse, and eager and plain nn.Conv2d graphs are unaffected)."""
-    options: dict[str, str | int | bool | Callable[..., Any]] | None = None
+    """torch.compile for the device; on the CPU with Inductor's cache kept per vector ISA."""
     if device.type == "cpu":
-        options = {"allow_buffer_reuse": False}
-    return torch.compile(module, options=options)  # type: ignore[return-value]
+        use_inductor_cache_of_this_vector_isa()
+    return torch.compile(module)  # type: ignore[return-value]
+
+
+INDUCTOR_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
+VECTOR_ISA_FOLDER_PREFIX = "vector-isa-"
+
+
+def use_inductor_cache_of_this_vector_isa() -> Path:
+    """Point Inductor's cache at a sub-folder named after the vector ISA its C++ code is generated
+    for (`vector-isa-avx512-avx512_vnni`, `vector-isa-avx2`, ...), under the folder it would use.
+
+    In torch 2.14.1 the key of Inductor's FX graph cache does not contain that ISA, and a cached
+    graph's C++ is compiled again for the ISA of the process that loads it. A graph generated for
+    AVX2 (8 floats a vector) and loaded under AVX-512 (16) overruns its buffers: measured here,
+    `malloc(): corrupted size vs. prev_size` or a segmentation fault on the first step; the other
+    way round, a NaN loss at step 1. That happens whenever one cache folder sees two ISAs: runs
+    with `ATEN_CPU_CAPABILITY` (the benchmarks' emulation), or a cache folder shared by machines of
+    different classes. Separate folders keep every graph with the ISA it was generated for. The
+    folder chosen is kept in the environment, where Inductor and its compile workers read it."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get(INDUCTOR_CACHE_VARIABLE)
+    base = Path(chosen) if chosen else Path(default_cache_dir())
+    if base.name.startswith(VECTOR_ISA_FOLDER_PREFIX):  # chosen by an earlier call
+        base = base.parent
+    isa_name = re.sub(r"[^a-z0-9_]+", "-", str(pick_vec_isa()).lower()).strip("-")
+    folder = base.absolute() / f"{VECTOR_ISA_FOLDER_PREFIX}{isa_name}"
+    os.environ[INDUCTOR_CACHE_VARIABLE] = str(folder)
+    return folder
 
 
 def resolve_precision(name: str, device: torch.device, isa: IsaClass | None = None) -> Precision:

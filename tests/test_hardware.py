@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,16 +99,37 @@ def test_every_class_names_the_measurement_behind_it() -> None:
             assert path.exists(), (isa, settings.source)
 
 
-def test_cpu_compilation_turns_off_inductors_buffer_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With buffer reuse, Inductor's CPU code for the routed ResNet-18 (width 64, batch 128)
-    corrupts the heap in torch 2.14.1; the pipeline compiles without it on the CPU."""
-    from pipeline.engine import compile_model
+def test_cpu_compilation_keeps_inductors_cache_per_vector_isa(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Inductor's graph cache does not key CPU graphs by vector ISA: a graph generated for AVX2 and
+    loaded under AVX-512 corrupted the heap. Each ISA gets its own folder under the chosen one."""
+    from pipeline.engine import INDUCTOR_CACHE_VARIABLE, compile_model
 
-    calls: list[object] = []
-    monkeypatch.setattr(torch, "compile", lambda module, options=None: calls.append(options) or module)
+    monkeypatch.setattr(torch, "compile", lambda module: module)
+    monkeypatch.setenv(INDUCTOR_CACHE_VARIABLE, str(tmp_path / "mine"))
     model = build_model("tutorial", 4)
-    assert compile_model(model, CPU) is model and compile_model(model, torch.device("cuda")) is model
-    assert calls == [{"allow_buffer_reuse": False}, None]
+    assert compile_model(model, torch.device("cuda")) is model
+    assert os.environ[INDUCTOR_CACHE_VARIABLE] == str(tmp_path / "mine")  # CUDA: left alone
+    assert compile_model(model, CPU) is model
+    folder = Path(os.environ[INDUCTOR_CACHE_VARIABLE])
+    assert folder.parent == tmp_path / "mine" and folder.name.startswith("vector-isa-")
+    compile_model(model, CPU)
+    assert Path(os.environ[INDUCTOR_CACHE_VARIABLE]) == folder  # not nested on a second call
+
+    def folder_under(capability: str) -> str:
+        code = "from pipeline.engine import use_inductor_cache_of_this_vector_isa as f; print(f().name)"
+        environment = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=environment, cwd=REPO, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert {folder_under("avx2"), folder_under("default")} == {
+        "vector-isa-avx2",
+        "vector-isa-invalid_vec_isa",
+    }
 
 
 def test_the_train_stage_says_what_it_chose_and_why() -> None:
