@@ -82,9 +82,9 @@ def use_inductor_cache_of_this_vector_isa() -> Path:
     """Point Inductor's cache at a sub-folder named after the vector ISA its C++ code is generated
     for (`vector-isa-avx512-avx512_vnni`, `vector-isa-avx2`, ...), under the folder it would use.
 
-    In torch 2.14.1 the key of Inductor's FX graph cache does not contain that ISA, and a cached
-    graph's C++ is compiled again for the ISA of the process that loads it. A graph generated for
-    AVX2 (8 floats a vector) and loaded under AVX-512 (16) overruns its buffers: measured here,
+    In torch 2.14.1 the key of Inductor's FX graph cache does not contain that ISA, and (by all
+    signs) a cached graph's C++ is built again for the ISA of the process that loads it. A graph
+    generated for AVX2 (8 floats a vector) and loaded under AVX-512 (16) then fails: measured here,
     `malloc(): corrupted size vs. prev_size` or a segmentation fault on the first step; the other
     way round, a NaN loss at step 1. That happens whenever one cache folder sees two ISAs: runs
     with `ATEN_CPU_CAPABILITY` (the benchmarks' emulation), or a cache folder shared by machines of

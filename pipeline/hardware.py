@@ -138,12 +138,14 @@ SETTINGS: dict[IsaClass, CpuSettings] = {
     # results/cpu-avx512.md (emulated): fp32 compiled 1.25x and 1.40x the plain loop, eager 1.18x
     # and 1.27x.
     "avx512": CpuSettings("fp32", True, True, AVX512_FP32_ROUTES, "results/cpu-avx512.md"),
-    # results/cpu-avx2.md (emulated, medians of 2 rounds): ResNet-18 1.24x the plain loop
-    # compiled against 1.21x eager (41-46 against 40-48 images/s over three rounds: a tie, taken
-    # compiled as it measured ahead in the medians); the tutorial net 2.11x eager against 1.96x
-    # compiled (587-645 against 520-556 in every round). (An earlier "NaN when compiled for AVX2"
-    # was Inductor's cache mixing vector ISAs; see engine.use_inductor_cache_of_this_vector_isa.)
-    "avx2": CpuSettings("fp32", True, False, AVX2_FP32_ROUTES, "results/cpu-avx2.md"),
+    # results/cpu-avx2.md (emulated): compiling does not pay on this class. ResNet-18: a tie in
+    # the benchmark (1.24x the plain loop compiled, 1.21x eager; 41-46 against 40-48 images/s
+    # over three rounds), slower in the README's CPU recipe (second epoch 308 s compiled against
+    # 287 s eager, results/cpu-recipe-per-class.md) and 40 s of compiling; the tutorial net 2.11x
+    # eager against 1.96x compiled (587-645 against 520-556 images/s in every round). (An earlier
+    # "NaN when compiled for AVX2" was Inductor's cache mixing vector ISAs: see
+    # engine.use_inductor_cache_of_this_vector_isa.)
+    "avx2": CpuSettings("fp32", False, False, AVX2_FP32_ROUTES, "results/cpu-avx2.md"),
     # not measured (Arm, older x86): the safe choice, plain PyTorch in fp32
     "other": CpuSettings("fp32", False, False, ONEDNN_ONLY, "the safe choice for an unmeasured class"),
 }
