@@ -12,16 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_train import markdown  # noqa: E402
-
-from pipeline.engine import resolve_precision  # noqa: E402
-from pipeline.training import should_compile  # noqa: E402
+from bench_train import is_auto_row, markdown  # noqa: E402
 
 
 def main() -> None:
@@ -30,12 +25,7 @@ def main() -> None:
     for row in results["throughput"]:
         if "failed" in row:
             continue
-        device = torch.device(row["device"])
-        isa = row.get("cpu_class") if device.type == "cpu" else None
-        precision = resolve_precision("auto", device, isa)
-        compiled = should_compile("auto", device, row["arch"], isa)
-        chosen = (row["precision"], row["compile"]) == (precision, compiled)
-        row["auto"] = row["loop"] == "pipeline" and chosen
+        row["auto"] = is_auto_row(row, row.get("cpu_class"))
     path.write_text(json.dumps(results, indent=2) + "\n")
     path.with_suffix(".md").write_text(markdown(results))
 

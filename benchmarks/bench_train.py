@@ -43,6 +43,7 @@ from pipeline.engine import (  # noqa: E402
     resolve_precision,
     train_one_epoch,
 )
+from pipeline.hardware import IsaClass  # noqa: E402
 from pipeline.model import build_model  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 
@@ -232,6 +233,17 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def is_auto_row(row: dict[str, Any], isa: IsaClass | None) -> bool:
+    """Whether `row` is the configuration the train stage's `auto` runs (precision and compile) for
+    its arch and device, on a CPU of class `isa`."""
+    from pipeline.training import should_compile
+
+    device = torch.device(row["device"])
+    isa = isa if device.type == "cpu" else None
+    chosen = (resolve_precision("auto", device, isa), should_compile("auto", device, row["arch"], isa))
+    return row["loop"] == "pipeline" and (row["precision"], row["compile"]) == chosen
+
+
 def throughput(
     prepared: Path, devices: list[str], steps: dict[str, int], rounds: int, emulate: str = "native"
 ) -> list[dict[str, Any]]:
@@ -285,16 +297,9 @@ def throughput(
                     }
                 )
             reference = summaries[0]["images_per_second"]
-            from pipeline.engine import resolve_precision
-            from pipeline.training import should_compile
-
-            auto_precision = resolve_precision("auto", torch.device(device), isa)
-            auto_compile = should_compile("auto", torch.device(device), arch, isa)
             for summary in summaries:
                 summary["speedup"] = summary["images_per_second"] / reference
-                summary["auto"] = summary["loop"] == "pipeline" and (
-                    (summary["precision"], summary["compile"]) == (auto_precision, auto_compile)
-                )
+                summary["auto"] = is_auto_row(summary, isa)
             rows += summaries + failed_rows
     return rows
 

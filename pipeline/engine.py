@@ -105,8 +105,8 @@ def use_inductor_cache_of_this_vector_isa() -> Path:
 
 def resolve_precision(name: str, device: torch.device, isa: IsaClass | None = None) -> Precision:
     """`auto` is bf16 autocast on CUDA, and on a CPU what measured fastest on its class
-    (pipeline.hardware: bf16 with AMX only). An explicit bf16 on a CPU without bf16 instructions
-    is kept, with one warning: every bf16 operation is emulated there."""
+    (pipeline.hardware: bf16 on the classes with bf16 instructions). An explicit bf16 on a CPU
+    without bf16 instructions is kept, with one warning: every bf16 operation is emulated there."""
     if name == "fp32":
         return "fp32"
     if device.type == "cpu":
