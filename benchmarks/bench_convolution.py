@@ -3,8 +3,9 @@
     python benchmarks/bench_convolution.py [--batch 128] [--width 64]
 
 Routes (pipeline/convolution.py): oneDNN's convolution, im2col + one matrix product for the whole
-convolution, and oneDNN with only the weight gradient as a matrix product. bf16 autocast,
-channels_last, on the CPU; prints a Markdown table and the route `choose_route` picks.
+convolution, and oneDNN with only the weight gradient as a matrix product, each in the precision
+--precision asks for (bf16 autocast or fp32), channels_last, on the CPU; prints a Markdown table
+and the route `choose_route` picks.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def matmul(images: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
 
 
 def weight_gradient_as_matmul(images: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
-    images, weight = images.to(torch.bfloat16), weight.to(torch.bfloat16)
+    if torch.is_autocast_enabled("cpu"):  # as SmallMapConv2d does: one dtype throughout the Function
+        dtype = torch.get_autocast_dtype("cpu")
+        images, weight = images.to(dtype), weight.to(dtype)
     with torch.autocast("cpu", enabled=False):
         output: Tensor = _MatmulWeightGradient.apply(images, weight, None, stride, padding)
     return output

@@ -18,10 +18,11 @@ channels_last, 2-core Xeon with AMX (benchmarks/bench_convolution.py, results/cp
 So on that CPU `SmallMapConv2d` computes outputs of at most 2x2 pixels as im2col + one matrix
 product, keeps oneDNN's forward and input gradient but takes the weight gradient as one matrix
 product for outputs of at most 4x4 pixels (8x8 when strided) with 64 or more input channels, and
-leaves everything else to oneDNN. Other classes of CPU measured other thresholds (fp32 with
-AVX-512: the weight gradient as a matrix product up to 16x16 maps; AVX2: no weight-gradient
-route); `pipeline.hardware.SETTINGS` holds them per class. It has the same parameters as
-nn.Conv2d, so state dicts and weight files do not change. On other devices it is nn.Conv2d.
+leaves everything else to oneDNN. Other classes of CPU measured other thresholds (bf16 with
+AVX512_BF16 alone: the same but only 1x1 outputs as one matrix product; fp32: oneDNN but for a
+few strided or 2x2 to 3x3 outputs); `pipeline.hardware.SETTINGS` holds them per class. It has
+the same parameters as nn.Conv2d, so state dicts and weight files do not change. On other
+devices it is nn.Conv2d.
 """
 
 from __future__ import annotations

@@ -4,16 +4,16 @@ CPUs fall into classes by the matrix instructions oneDNN and ATen can use: AMX (
 since Sapphire Rapids), AVX-512 with AVX512_BF16 but no AMX (Cooper Lake, Zen 4), AVX-512
 without bf16 (Skylake to Ice Lake servers), AVX2 (most laptops and desktops). Each class gets the
 settings measured fastest on it with benchmarks/bench_train.py and bench_convolution.py (tables in
-benchmarks/results/cpu-<class>.md; classes other than the development machine's are emulated by
+benchmarks/results/cpu-<class>*.md; classes other than the development machine's are emulated by
 limiting oneDNN and ATen, which this module honours too):
 
     ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16   oneDNN without AMX
     ONEDNN_MAX_CPU_ISA=AVX512_CORE        oneDNN without bf16 instructions
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2   AVX2 only
 
-bf16 pays with AMX, and with AVX512_BF16 alone once the weight gradients of most convolutions are
-matrix products (oneDNN's bf16 weight gradient without AMX is what made bf16 slower than fp32
-there); without bf16 instructions every bf16 operation is emulated, so those classes train in fp32.
+bf16 pays with AMX, and with AVX512_BF16 alone (ResNet-18 about 2x fp32 on a Zen 4 EPYC, with or
+without the small-map routes); without bf16 instructions every bf16 operation is emulated, so
+those classes train in fp32.
 """
 
 from __future__ import annotations
@@ -104,14 +104,21 @@ class Routes:
 ONEDNN_ONLY = Routes(0, 0, 0, 0)
 # benchmarks/results/cpu-convolution-amx-bf16.md: bf16 on AMX
 AMX_ROUTES = Routes(4, 16, 64, 64)
-# cpu-convolution-avx512-fp32.md: fp32 with AVX-512. The weight gradient as one matrix product wins
-# for every map up to 16x16 (42.6 against 70.8 ms for 128 -> 256, 16x16 -> 8x8), and also beats
-# the whole convolution as im2col + matmul down to 2x2 outputs; only a 1x1 output is faster as
-# one matrix product. oneDNN's fp32 kernels are the same with and without AVX512_BF16.
-AVX512_FP32_ROUTES = Routes(1, 256, 256, 64)
-# cpu-convolution-avx2-fp32.md: fp32 with AVX2 (emulated). The weight gradient as a matrix
-# product is 10x slower there; im2col + matmul wins for outputs of up to 2x2 pixels.
-AVX2_FP32_ROUTES = Routes(4, 0, 0, 1 << 30)
+# cpu-convolution-avx512-bf16.md: bf16 with AVX512_BF16, no AMX. The weight gradient as one matrix
+# product wins for outputs of up to 4x4 pixels (up to 8x8 when strided: 42.7 against 52.1 ms for
+# 128 -> 256, 16x16 -> 8x8) and loses above (102.8 against 65.8 ms for 128 -> 128 at 16x16);
+# only a 1x1 output is faster as one matrix product.
+AVX512_BF16_ROUTES = Routes(1, 16, 64, 64)
+# cpu-convolution-avx512-fp32.md (emulated): fp32 with AVX-512. oneDNN wins almost everywhere
+# (139.3 against 326.0 ms for 128 -> 128 at 16x16); the weight gradient as a matrix product wins by
+# 5-10% for strided outputs of up to 4x4 pixels and for 2x2 outputs, with 128 or more channels.
+AVX512_FP32_ROUTES = Routes(1, 4, 16, 128)
+# cpu-convolution-avx2-fp32.md (emulated): fp32 with AVX2. The weight gradient as a matrix product
+# wins for outputs of up to 3x3 pixels with 128 or more channels (26.7 against 29.1 ms for 256 ->
+# 256 at 3x3; the tutorial net 704 against 656 images/s, medians of three alternations). ResNet-18's
+# 8x8 -> 4x4 convolution measured faster alone that way (78.5 against 90.0 ms) but the network did
+# not (49.2 against 51.3 images/s, medians of four), so it stays with oneDNN, as 4x4 outputs do.
+AVX2_FP32_ROUTES = Routes(1, 9, 9, 128)
 
 
 @dataclass(frozen=True)
@@ -132,20 +139,22 @@ SETTINGS: dict[IsaClass, CpuSettings] = {
     # AMX (README before this table): bf16 2.88x and bf16 + compile 3.57x the plain loop for
     # ResNet-18; the tutorial net 2.37x in bf16 eager, 2.18x compiled.
     "amx": CpuSettings("bf16", True, False, AMX_ROUTES, "results/cpu-throughput.md"),
-    # results/cpu-avx512-bf16.md: bf16 2.5x the plain loop for ResNet-18 (fp32 1.2x), compiled
-    # 2% faster than eager; the tutorial net 2.0x in bf16 eager, not faster compiled.
-    "avx512-bf16": CpuSettings("bf16", True, False, AVX512_FP32_ROUTES, "results/cpu-avx512-bf16.md"),
-    # results/cpu-avx512.md (emulated): fp32 compiled 1.25x and 1.40x the plain loop, eager 1.18x
-    # and 1.27x.
-    "avx512": CpuSettings("fp32", True, True, AVX512_FP32_ROUTES, "results/cpu-avx512.md"),
-    # results/cpu-avx2.md (emulated): compiling does not pay on this class. ResNet-18: a tie in
-    # the benchmark (1.24x the plain loop compiled, 1.21x eager; 41-46 against 40-48 images/s
-    # over three rounds), slower in the README's CPU recipe (second epoch 308 s compiled against
-    # 287 s eager, results/cpu-recipe-per-class.md) and 40 s of compiling; the tutorial net 2.11x
-    # eager against 1.96x compiled (587-645 against 520-556 images/s in every round). (An earlier
-    # "NaN when compiled for AVX2" was Inductor's cache mixing vector ISAs: see
+    # results/cpu-avx512-bf16-routes.md: bf16 2.41x the plain loop for ResNet-18, eager and compiled
+    # alike (fp32 1.25x; results/cpu-avx512-bf16.md, with earlier routes: compiled 2% faster); the
+    # tutorial net 2.24x in bf16 eager, 2.18x compiled.
+    "avx512-bf16": CpuSettings("bf16", True, False, AVX512_BF16_ROUTES, "results/cpu-avx512-bf16-routes.md"),
+    # results/cpu-avx512-routes.md (emulated): ResNet-18 fp32 eager 1.29x the plain loop, compiled
+    # 1.28x (eager faster in both rounds, and compiling peaked at 3.3 GB); the tutorial net
+    # compiled 1.43x, eager 1.39x.
+    "avx512": CpuSettings("fp32", False, True, AVX512_FP32_ROUTES, "results/cpu-avx512-routes.md"),
+    # results/cpu-avx2-routes.md (emulated): compiling does not pay on this class. ResNet-18:
+    # 1.21x the plain loop eager, 1.16x compiled (results/cpu-avx2.md, before the routes: a tie),
+    # and slower compiled in the README's CPU recipe (second epoch 308 s against 287 s eager,
+    # results/cpu-recipe-per-class.md) after 40 s of compiling; the tutorial net a tie (2.31x
+    # eager, 2.33x compiled; eager won every round of results/cpu-avx2.md). (An earlier "NaN when
+    # compiled for AVX2" was Inductor's cache mixing vector ISAs: see
     # engine.use_inductor_cache_of_this_vector_isa.)
-    "avx2": CpuSettings("fp32", False, False, AVX2_FP32_ROUTES, "results/cpu-avx2.md"),
+    "avx2": CpuSettings("fp32", False, False, AVX2_FP32_ROUTES, "results/cpu-avx2-routes.md"),
     # not measured (Arm, older x86): the safe choice, plain PyTorch in fp32
     "other": CpuSettings("fp32", False, False, ONEDNN_ONLY, "the safe choice for an unmeasured class"),
 }

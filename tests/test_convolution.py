@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -117,3 +120,16 @@ def test_unusual_convolutions_are_left_alone() -> None:
         nn.Conv2d(4, 4, 3, padding="same"),
     ]:
         assert SmallMapConv2d.replacing(conv) is conv
+
+
+def test_the_convolution_benchmark_times_each_route_in_the_precision_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its weight-gradient route once ran in bf16 whatever --precision said, which set the fp32
+    # routes of two classes of CPU from bf16 timings.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    bench = importlib.import_module("bench_convolution")
+    images, weight = torch.randn(2, 64, 4, 4), torch.randn(8, 64, 3, 3)
+    assert bench.weight_gradient_as_matmul(images, weight, 1, 1).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bench.weight_gradient_as_matmul(images, weight, 1, 1).dtype == torch.bfloat16

@@ -137,7 +137,7 @@ def test_the_train_stage_says_what_it_chose_and_why() -> None:
     line = training.describe_cpu_choice(params, "fp32", True, "avx512")
     assert line == (
         "CPU class avx512: fp32, compiled (auto), convolution routes of the class; auto follows the "
-        "measurements in benchmarks/results/cpu-avx512.md"
+        "measurements in benchmarks/results/cpu-avx512-routes.md"
     )
     unknown = training.describe_cpu_choice(training_params(), "fp32", False, "other")
     assert "fp32 (auto), eager (auto)" in unknown and "the safe choice for an unmeasured class" in unknown
