@@ -14,11 +14,7 @@ a fresh process, the sets alternating `--rounds` times; prints images/s per roun
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,24 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_train import EMULATION, pipeline_loop  # noqa: E402
-
-import pipeline.hardware as hardware  # noqa: E402
-
-
-def measure(config: dict[str, str | int]) -> float:
-    """images/s of one run, in this process, with the class's routes replaced by config's."""
-    isa = hardware.cpu_class()
-    routes = hardware.Routes(*(int(value) for value in str(config["routes"]).split(",")))
-    hardware.SETTINGS[isa] = dataclasses.replace(hardware.SETTINGS[isa], routes=routes)
-    arch, precision, steps = str(config["arch"]), str(config["precision"]), int(config["steps"])
-    result = pipeline_loop(arch, "cpu", Path(str(config["prepared"])), 128, 3, steps, precision, False)
-    return float(result["images_per_second"])
+from bench_train import EMULATION, measure_in_subprocess  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--prepared", type=Path, help="data/prepared of a full-size run")
     parser.add_argument("--routes", nargs="+", default=[], help="sets of routes, as m,w,s,c")
     parser.add_argument("--arch", choices=("resnet18", "tutorial"), default="resnet18")
@@ -52,27 +35,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--emulate", choices=sorted(EMULATION), default="native")
     arguments = parser.parse_args()
-    if arguments.one:
-        print(json.dumps(measure(json.loads(arguments.one))))
-        return
+    base = {
+        "arch": arguments.arch,
+        "device": "cpu",
+        "prepared": str(arguments.prepared),
+        "batch": 128,
+        "warmup": 3,
+        "steps": arguments.steps,
+        "emulate": arguments.emulate,
+        "loop": "pipeline",
+        "precision": arguments.precision,
+        "compile": False,
+    }
     speeds: dict[str, list[float]] = {routes: [] for routes in arguments.routes}
     for _ in range(arguments.rounds):
         for routes in arguments.routes:
-            config = {
-                "routes": routes,
-                "arch": arguments.arch,
-                "precision": arguments.precision,
-                "steps": arguments.steps,
-                "prepared": str(arguments.prepared),
-            }
-            completed = subprocess.run(
-                [sys.executable, __file__, "--one", json.dumps(config)],
-                capture_output=True,
-                text=True,
-                check=True,
-                env=os.environ | EMULATION[arguments.emulate],
-            )
-            speeds[routes].append(float(completed.stdout.strip().splitlines()[-1]))
+            result = measure_in_subprocess(base | {"routes": routes})
+            speeds[routes].append(result["images_per_second"])
             print(f"{routes}: {speeds[routes][-1]:.1f} images/s", flush=True)
     for routes, values in speeds.items():
         rounds = ", ".join(f"{value:.1f}" for value in values)

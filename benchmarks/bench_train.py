@@ -208,8 +208,22 @@ def measure_in_subprocess(config: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(completed.stdout.strip().splitlines()[-1]))
 
 
+def use_routes(spec: str) -> None:
+    """Replace this CPU class's convolution routes, in this process only (bench_routes.py): `spec`
+    is the `pipeline.hardware.Routes` fields, comma-separated."""
+    import dataclasses
+
+    import pipeline.hardware as hardware
+
+    isa = hardware.cpu_class()
+    routes = hardware.Routes(*(int(value) for value in spec.split(",")))
+    hardware.SETTINGS[isa] = dataclasses.replace(hardware.SETTINGS[isa], routes=routes)
+
+
 def run_one(config: dict[str, Any]) -> dict[str, Any]:
     prepared = Path(config["prepared"])
+    if "routes" in config:
+        use_routes(config["routes"])
     if config["loop"] == "plain":
         result = plain_loop(
             config["arch"], config["device"], prepared, config["batch"], config["warmup"], config["steps"]
