@@ -3,7 +3,9 @@ function of (seed, epoch).
 
 Once per epoch the split is permuted and every image gets its crop offset, flip and cutout
 position, drawn on the CPU from a generator seeded by (seed, epoch) alone, so the draws are the
-same on every device and for any number of processes. Crops and flips are then applied to the
+same on every device and for any number of processes. With `flip: alternate` an image's flip is
+instead its own random flip of the run (seeded by the seed alone) in even epochs and the opposite
+in odd ones. Crops and flips are then applied to the
 whole epoch in a few large gathers on the device, and each training step takes a plain slice:
 the step itself has fixed shapes and no randomness (what a CUDA graph needs). Cutout needs the
 normalised image (the square is set to the mean, 0), so the step applies it from the drawn
@@ -35,6 +37,17 @@ def epoch_permutation(count: int, seed: int, epoch: int) -> Tensor:
     """The order of the training images in one epoch: a pure function of (seed, epoch)."""
     generator = torch.Generator().manual_seed(derived_seed(seed, epoch, 0, 0))
     return torch.randperm(count, generator=generator)
+
+
+def alternating_flips(count: int, seed: int, epoch: int) -> Tensor:
+    """bool [count], image by image (split order): flip in epoch `epoch` under `flip: alternate`.
+
+    Each image has one random flip for the run, a function of the seed alone; even epochs use
+    it and odd ones its opposite, so every image is seen both ways in any two consecutive epochs.
+    """
+    generator = torch.Generator().manual_seed(derived_seed(seed, 0, 0, 2))
+    first = torch.randint(0, 2, (count,), generator=generator).bool()
+    return first ^ bool(epoch % 2)
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,9 @@ def augment_epoch(
     """
     order = epoch_permutation(len(labels), seed, epoch)[: steps * batch_size]
     draws = AugmentDraws.draw(len(order), params, seed, epoch)
+    if params.flip == "alternate":
+        flips = alternating_flips(len(labels), seed, epoch)[order]
+        draws = AugmentDraws(draws.shifts, flips, draws.cutout_centres)
     positions = local_positions(steps, batch_size, rank, world_size)
     device = images.device
     indices = order[positions].to(device)

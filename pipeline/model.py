@@ -9,10 +9,38 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as functional
 from torch import Tensor, nn
 
 CLASS_COUNT = 10
 Arch = Literal["resnet18", "tutorial"]
+ONEDNN_SAFE_CHANNELS = 16  # narrower strided 1x1 convolutions get PointwiseDownsample (see there)
+
+
+class PointwiseDownsample(nn.Conv2d):
+    """nn.Conv2d(in, out, 1, stride): the same parameters and values, computed as a 1x1
+    convolution with stride 1 on every `stride`-th pixel.
+
+    Used for shortcuts with fewer than 16 input channels. There oneDNN's own strided 1x1 kernel
+    on the CPU (channels_last) computes a wrong weight gradient (uxlfoundation/oneDNN issue 6035,
+    open: it writes past a work buffer when the channels are fewer than its block, 8 with AVX2
+    and 16 with AVX-512). Measured on an AVX2 CPU, torch 2.14.1: 4 -> 8 channels, wrong by about
+    the size of the values with 2 threads, or a hang; a segmentation fault with 1.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, bias: bool) -> None:
+        super().__init__(in_channels, out_channels, 1, stride=stride, bias=bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        step = self.stride[0]
+        return functional.conv2d(input[:, :, ::step, ::step], self.weight, self.bias)
+
+
+def pointwise(in_channels: int, out_channels: int, stride: int, bias: bool) -> nn.Conv2d:
+    """A 1x1 convolution for a shortcut: PointwiseDownsample where oneDNN would get it wrong."""
+    if stride > 1 and in_channels < ONEDNN_SAFE_CHANNELS:
+        return PointwiseDownsample(in_channels, out_channels, stride, bias)
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias)
 
 
 class BasicBlock(nn.Module):
@@ -27,8 +55,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
+                pointwise(in_channels, out_channels, stride, bias=False), nn.BatchNorm2d(out_channels)
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -89,7 +116,7 @@ class TutorialBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride), nn.BatchNorm2d(out_channels)
+                pointwise(in_channels, out_channels, stride, bias=True), nn.BatchNorm2d(out_channels)
             )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -76,8 +76,18 @@ class ModelParams(Section):
 
 class AugmentParams(Section):
     crop_padding: int = Field(ge=0, le=16)  # pixels of reflect padding before a random 32x32 crop
-    flip: bool  # random horizontal flip
+    # Horizontal flip: true draws each image's flip at random every epoch; "alternate" draws it at
+    # random once per image (per seed) and then flips each image in every other epoch, so any two
+    # consecutive epochs show each image once each way (airbench's derandomized flip); false: none.
+    flip: Literal["alternate"] | bool
     cutout: int = Field(ge=0, le=32)  # side in pixels of a zeroed square; 0 turns it off
+
+    @field_validator("flip", mode="before")
+    @classmethod
+    def _boolean_or_alternate(cls, value: Any) -> Any:
+        if value != "alternate" and not isinstance(value, bool):  # 1 == True in Python: refuse it here
+            raise ValueError("must be true, false or alternate")
+        return value
 
 
 Precision = Literal["auto", "bf16", "fp32"]

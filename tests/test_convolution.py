@@ -90,7 +90,10 @@ def test_autocast_gives_bf16_outputs_and_float32_gradients() -> None:
         gradients(got.float(), parameters), gradients(expected.float(), parameters), strict=True
     ):
         assert got_gradient.dtype == torch.float32
-        torch.testing.assert_close(got_gradient, expected_gradient, rtol=0.02, atol=0.05)
+        # Both are sums of bf16 products, each rounded to bf16 by its own kernel: they may differ
+        # by a bf16 step of the largest values (0.25 at 32-64, seen on an AVX2 CPU).
+        bf16_steps = 2 * 2**-8 * expected_gradient.abs().max().item()
+        torch.testing.assert_close(got_gradient, expected_gradient, rtol=0.02, atol=bf16_steps)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "tutorial"])
@@ -101,13 +104,15 @@ def test_swapping_keeps_parameters_and_outputs(arch: str) -> None:
     state_keys = list(model.state_dict())
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     expected = model(images)
+    plain = sum(type(module) is nn.Conv2d for module in model.modules())
     use_small_map_convolutions(model)
     assert list(model.state_dict()) == state_keys
     after = dict(model.named_parameters())
     assert list(after) == list(before)
     assert all(after[name] is parameter for name, parameter in before.items())  # the very same tensors
     swapped = [module for module in model.modules() if isinstance(module, SmallMapConv2d)]
-    assert len(swapped) == sum(isinstance(module, nn.Conv2d) for module in model.modules()) > 0
+    # every plain one; the narrow shortcuts stay PointwiseDownsample (pipeline.model)
+    assert len(swapped) == plain > 0
     torch.testing.assert_close(model(images), expected, rtol=1e-12, atol=1e-12)
 
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from pipeline.augmentation import (
     AugmentDraws,
+    alternating_flips,
     augment_epoch,
     crop_and_flip,
     cutout,
@@ -137,9 +138,10 @@ def test_an_epoch_is_a_pure_function_of_seed_and_epoch() -> None:
     )
 
 
+@pytest.mark.parametrize("flip", [True, "alternate"])
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_every_process_takes_its_slice_of_the_same_global_batches(world_size: int) -> None:
-    augment = AugmentParams(crop_padding=4, flip=True, cutout=8)
+def test_every_process_takes_its_slice_of_the_same_global_batches(world_size: int, flip: bool | str) -> None:
+    augment = AugmentParams(crop_padding=4, flip=flip, cutout=8)
     split = random_split(50)
     options = {"seed": 4, "epoch": 1, "steps": 2, "batch_size": 24}  # 2 of the 50 images are dropped
     whole = augment_epoch(split.images, split.labels, augment, **options)
@@ -153,6 +155,36 @@ def test_every_process_takes_its_slice_of_the_same_global_batches(world_size: in
             joined = torch.cat([part.batch(step)[index] for part in parts])
             assert torch.equal(joined, tensor), (step, index)
     assert local_positions(2, 24, 1, world_size)[0].item() == 24 // world_size
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch() -> None:
+    first, second, third = (alternating_flips(20_000, seed=3, epoch=epoch) for epoch in range(3))
+    assert torch.equal(second, ~first) and torch.equal(third, first)
+    assert abs(first.float().mean().item() - 0.5) < 0.015  # each image's first flip is a fair coin
+    assert not torch.equal(alternating_flips(20_000, seed=4, epoch=0), first)
+    assert torch.equal(alternating_flips(20_000, seed=3, epoch=5), second)  # a pure function of (seed, epoch)
+
+
+def test_an_alternate_flip_epoch_shows_each_image_the_other_way_round_from_the_last() -> None:
+    augment = AugmentParams(crop_padding=0, flip="alternate", cutout=0)  # only the flip changes pixels
+    split = random_split(40)
+
+    def mirrored_by_image(epoch: int) -> dict[int, bool]:
+        built = augment_epoch(
+            split.images, split.labels, augment, seed=2, epoch=epoch, steps=4, batch_size=10
+        )
+        order = epoch_permutation(40, 2, epoch)
+        result = {}
+        for position, index in enumerate(order.tolist()):
+            shown = built.images[position]
+            assert torch.equal(shown, split.images[index]) or torch.equal(shown, split.images[index].flip(-1))
+            result[index] = not torch.equal(shown, split.images[index])
+        return result
+
+    even, odd = mirrored_by_image(0), mirrored_by_image(1)
+    assert all(odd[index] != even[index] for index in range(40))
+    assert 0 < sum(even.values()) < 40
+    assert mirrored_by_image(2) == even
 
 
 def test_input_transform_normalises_per_channel() -> None:

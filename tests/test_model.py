@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from pipeline.model import ResNet18, TutorialNet, build_model
+from pipeline.model import PointwiseDownsample, ResNet18, TutorialNet, build_model, pointwise
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -70,3 +70,45 @@ def test_tutorial_block4_sums_the_broadcast_map() -> None:
 def test_unknown_arch_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown arch"):
         build_model("vgg", 8)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("in_channels", "bias"), [(2, False), (4, False), (6, True), (12, False)])
+def test_narrow_strided_shortcuts_get_right_gradients_in_channels_last(
+    in_channels: int, bias: bool, threads: int
+) -> None:
+    # oneDNN issue 6035: on an AVX2 CPU the strided 1x1 kernel's weight gradient came out wrong
+    # with 2 threads (or hung), and crashed the process with 1 (pipeline.model.PointwiseDownsample).
+    torch.manual_seed(0)
+    narrow = pointwise(in_channels, 2 * in_channels, 2, bias=bias)
+    assert isinstance(narrow, PointwiseDownsample)
+    reference = nn.Conv2d(in_channels, 2 * in_channels, 1, stride=2, bias=bias)
+    reference.load_state_dict(narrow.state_dict())  # the same parameters, under the same names
+    images = torch.randn(64, in_channels, 32, 32, requires_grad=True)
+    upstream = torch.randn(64, 2 * in_channels, 16, 16)
+    expected = reference(images)  # NCHW: oneDNN's blocked kernel, unaffected
+    expected_gradients = torch.autograd.grad(expected, [reference.weight, images], upstream)
+    narrow = narrow.to(memory_format=torch.channels_last)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        channels_last = images.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        output = narrow(channels_last)
+        got_gradients = torch.autograd.grad(
+            output, [narrow.weight, channels_last], upstream.contiguous(memory_format=torch.channels_last)
+        )
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(output, expected)
+    for got, wanted in zip(got_gradients, expected_gradients, strict=True):
+        torch.testing.assert_close(got, wanted, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "tutorial"])
+def test_only_narrow_strided_shortcuts_are_computed_on_every_other_pixel(arch: str) -> None:
+    narrow = build_model(arch, 4)  # type: ignore[arg-type]
+    downsamples = [module for module in narrow.modules() if isinstance(module, PointwiseDownsample)]
+    assert [module.in_channels for module in downsamples] == [4, 8]  # 16 -> 32 is left to oneDNN
+    wide = build_model(arch, 16)  # type: ignore[arg-type]
+    assert not any(isinstance(module, PointwiseDownsample) for module in wide.modules())
+    assert list(narrow.state_dict()) == list(wide.state_dict())  # the same names at any width

@@ -30,6 +30,7 @@ def test_override_uses_dvc_syntax_and_yaml_values() -> None:
     params = load_params(PARAMS, ["train.epochs=5", "train.augment.flip=false", "train.weight_decay=5e-4"])
     assert params.train.epochs == 5
     assert params.train.augment.flip is False
+    assert load_params(PARAMS, ["train.augment.flip=alternate"]).train.augment.flip == "alternate"
     assert params.train.weight_decay == pytest.approx(5e-4)  # YAML 1.2 float, as DVC writes it
 
 
@@ -41,7 +42,8 @@ def test_override_uses_dvc_syntax_and_yaml_values() -> None:
         (["train.epochs=five"], "train.epochs: input should be a valid integer"),
         (["train.epochs=2.5"], "train.epochs: input should be a valid integer"),
         (["train.flip=yes"], "train.flip: unknown key"),
-        (["train.augment.flip=1"], "train.augment.flip: input should be a valid boolean"),
+        (["train.augment.flip=1"], "train.augment.flip: must be true, false or alternate"),
+        (["train.augment.flip=yes"], "train.augment.flip: must be true, false or alternate"),
         (["train.lr=0"], "train.lr: must be > 0"),
         (["train.lr=-1"], "train.lr: must be > 0"),
         (["train.warmup=1.5"], "train.warmup: must be <= 1"),

@@ -403,10 +403,13 @@ def test_non_finite_loss_leaves_the_last_good_outputs(cli_project: Path) -> None
 
 def test_compile_auto_follows_the_device_and_the_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    # on the CPU, `auto` follows the class's table (pipeline.hardware): AMX compiles ResNet-18,
+    # AVX2 does not; the class is given, so the test does not depend on the machine running it
     monkeypatch.setattr(training.shutil, "which", lambda name: None)
-    assert not training.should_compile("auto", cpu)
+    assert not training.should_compile("auto", cpu, "resnet18", "amx")
     monkeypatch.setattr(training.shutil, "which", lambda name: f"/usr/bin/{name}")
-    assert training.should_compile("auto", cpu) and training.should_compile("auto", cuda)
+    assert training.should_compile("auto", cpu, "resnet18", "amx") and training.should_compile("auto", cuda)
+    assert not training.should_compile("auto", cpu, "resnet18", "avx2")
     assert not training.should_compile("auto", mps)
     assert not training.should_compile(False, cuda) and training.should_compile(True, mps)
 
