@@ -420,7 +420,8 @@ def test_compiled_training_saves_plain_weights_close_to_eager(prepared: Path, tm
     eager = run(fast(*settings), prepared, tmp_path / "a")
     compiled = run(fast(*settings, "train.compile=true"), prepared, tmp_path / "b")
     assert compiled.state.keys() == eager.state.keys()  # no "_orig_mod." prefix from torch.compile
-    assert compiled.metrics["train_loss"] == pytest.approx(eager.metrics["train_loss"], rel=1e-4)
+    # fp32 kernels sum in other orders: 1.4e-4 apart on an AVX2 CPU after one epoch, less on AVX-512
+    assert compiled.metrics["train_loss"] == pytest.approx(eager.metrics["train_loss"], rel=5e-4)
     for name, tensor in eager.state.items():
         if tensor.is_floating_point():
             torch.testing.assert_close(compiled.state[name], tensor, rtol=0, atol=1e-3)
