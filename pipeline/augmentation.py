@@ -111,7 +111,9 @@ def cutout(inputs: Tensor, centres: Tensor, size: int) -> Tensor:
     inside_rows = (positions >= start[:, :1]) & (positions < start[:, :1] + size)  # [B, 32]
     inside_columns = (positions >= start[:, 1:]) & (positions < start[:, 1:] + size)  # [B, 32]
     mask = inside_rows[:, None, :, None] & inside_columns[:, None, None, :]  # [B, 1, 32, 32]
-    return inputs.masked_fill(mask, 0.0)
+    # `where` keeps the inputs' channels_last layout; masked_fill would return them contiguous
+    # (NCHW), so the model compiled for a run with cutout would differ from one without
+    return torch.where(mask, 0.0, inputs)
 
 
 @dataclass(frozen=True)

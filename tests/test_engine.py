@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -93,6 +94,19 @@ def test_cutout_zeroes_one_square_per_image() -> None:
     result = cutout(torch.ones(32, 3, 32, 32), torch.full((32, 2), 16), 6)  # centred: fully inside
     assert torch.equal((result == 0).sum(dim=(1, 2, 3)), torch.full((32,), 3 * 36))
     assert torch.all(result[:, :, 13:19, 13:19] == 0)
+
+
+def test_cutout_keeps_the_channels_last_layout_the_model_gets_without_it() -> None:
+    """With and without cutout the model sees the same layout, so one compiled graph serves both
+    (masked_fill returned NCHW: a run with cutout compiled, and cached, a graph of its own)."""
+    inputs = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    centres = torch.randint(0, 32, (8, 2))
+    result = cutout(inputs, centres, 12)
+    assert result.stride() == inputs.stride() == cutout(inputs, centres, 0).stride()
+    rows, columns = torch.arange(32)[:, None], torch.arange(32)[None, :]
+    for image, (row, column) in enumerate(centres.tolist()):
+        inside = (rows >= row - 6) & (rows < row + 6) & (columns >= column - 6) & (columns < column + 6)
+        assert torch.equal(result[image], torch.where(inside, 0.0, inputs[image]))
 
 
 def test_draws_depend_only_on_seed_and_epoch() -> None:
@@ -402,15 +416,54 @@ class HostStream:
         pass
 
 
-def fake_cuda_capture(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
-    def capture_that_fails(graph: object) -> contextlib.AbstractContextManager[None]:
-        raise error
+class HostGraph:
+    """Stands in for a captured CUDA graph: records nothing, replays nothing."""
+
+    replays = 0
+
+    def replay(self) -> None:
+        self.replays += 1
+
+
+def fake_cuda_capture(monkeypatch: pytest.MonkeyPatch, error: Exception | None) -> None:
+    """CUDA's capture calls on the CPU: the capture raises `error`, or with None succeeds."""
+
+    def capture(graph: object) -> contextlib.AbstractContextManager[None]:
+        if error is not None:
+            raise error
+        return contextlib.nullcontext()
 
     monkeypatch.setattr(torch.cuda, "Stream", HostStream)
     monkeypatch.setattr(torch.cuda, "current_stream", HostStream)
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
-    monkeypatch.setattr(torch.cuda, "graph", capture_that_fails)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", HostGraph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+
+
+def test_a_capture_says_how_long_it_took_then_only_replays(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first epoch's time on CUDA is mostly the capture (compilation in its warm-up steps):
+    one log line gives both, so a slow first epoch can be read from the stage's log."""
+    params = train_params("train.batch_size=10", "train.epochs=1", "train.augment.cutout=0")
+    model = build_model("tutorial", 4).to(memory_format=torch.channels_last)
+    setup = make_setup(model, random_split(40), params)
+    graph_step = CudaGraphStep(setup.step)
+    setup = dataclasses.replace(setup, graph=graph_step)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with monkeypatch.context() as patch, caplog.at_level("INFO", logger="pipeline.step"):
+        fake_cuda_capture(patch, None)
+        train_one_epoch(setup, 0, EpochTotals())
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 1
+    assert re.fullmatch(
+        r"train\.cuda_graphs: step captured in \d+\.\d s \(3 warm-up steps, compilation included: "
+        r"\d+\.\d s\)",
+        lines[0],
+    ), lines[0]
+    assert isinstance(graph_step.graph, HostGraph) and graph_step.graph.replays == 4  # 40 images, batch 10
+    for name, tensor in before.items():  # warm-up undone; the stand-in graph's replays change nothing
+        assert torch.equal(model.state_dict()[name], tensor), name
 
 
 def test_a_failed_capture_warns_once_and_trains_exactly_as_uncaptured(
