@@ -443,8 +443,8 @@ def fake_cuda_capture(monkeypatch: pytest.MonkeyPatch, error: Exception | None) 
 def test_a_capture_says_how_long_it_took_then_only_replays(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The first epoch's time on CUDA is mostly the capture (compilation in its warm-up steps):
-    one log line gives both, so a slow first epoch can be read from the stage's log."""
+    """On CUDA the first epoch also compiles and captures the step: one log line says how long
+    each took, so a slow first epoch can be read from the stage's log."""
     params = train_params("train.batch_size=10", "train.epochs=1", "train.augment.cutout=0")
     model = build_model("tutorial", 4).to(memory_format=torch.channels_last)
     setup = make_setup(model, random_split(40), params)
