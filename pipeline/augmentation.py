@@ -4,12 +4,12 @@ function of (seed, epoch).
 Once per epoch the split is permuted and every image gets its crop offset, flip and cutout
 position, drawn on the CPU from a generator seeded by (seed, epoch) alone, so the draws are the
 same on every device and for any number of processes. With `flip: alternate` an image's flip is
-instead its own random flip of the run (seeded by the seed alone) in even epochs and the opposite
-in odd ones. Crops and flips are then applied to the whole epoch in a few large gathers on the
-device, and each training step takes a plain slice: the step itself has fixed shapes and no
-randomness (what a CUDA graph needs). Cutout needs the
-normalised image (the square is set to the mean, 0), so the step applies it from the drawn
-centres. A run resumed mid-epoch rebuilds the same epoch and continues with the same batches.
+instead its own random flip of the run (seeded by the seed alone) in even epochs and the
+opposite in odd ones. Crops and flips are then applied to the whole epoch in a few large gathers
+on the device, and each training step takes a plain slice: the step itself has fixed shapes and
+no randomness (what a CUDA graph needs). Cutout needs the normalised image (the square is set to
+the mean, 0), so the step applies it from the drawn centres. A run resumed mid-epoch rebuilds
+the same epoch and continues with the same batches.
 
 Memory: one augmented copy of the split (150 MB of uint8 for 50,000 images).
 """
