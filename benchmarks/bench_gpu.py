@@ -51,8 +51,10 @@ REPO = Path(__file__).resolve().parent.parent
 # Fast recipes: overrides of params.yaml, the mirror and preprocess.val_size=0 added to each. Measured
 # on an H200 (benchmarks/results/gpu-h200.json): no cutout and label smoothing 0.2 reach the
 # official-94% level of the mirror (90.6% with TTA) in 20-22 epochs instead of 26. The `-alternate`
-# ones add airbench's alternating flip (train.augment.flip=alternate), `-b1000` batch 1000; neither
-# measured on a GPU yet.
+# ones add airbench's alternating flip (train.augment.flip=alternate), `-b1000` batch 1000, `-b250`
+# batch 250, `-eager` no torch.compile (the step still captured: no compile time in the first
+# epoch, slower later ones), `-heuristic-cudnn` cuDNN's heuristics instead of timing its algorithms
+# in the first steps; none measured on a GPU yet.
 FAST = ["train.label_smoothing=0.2", "train.augment.cutout=0"]
 FAST_RECIPES: dict[str, list[str]] = {
     "fast-22": ["train.epochs=22", *FAST],
@@ -66,6 +68,26 @@ FAST_RECIPES: dict[str, list[str]] = {
         "train.augment.flip=alternate",
         "train.batch_size=1000",
         "train.lr=0.4",
+    ],
+    # twice the steps, each half the images: the peak lr scaled with the batch
+    "fast-17-b250-alternate": [
+        "train.epochs=17",
+        *FAST,
+        "train.augment.flip=alternate",
+        "train.batch_size=250",
+        "train.lr=0.1",
+    ],
+    "fast-17-heuristic-cudnn-alternate": [
+        "train.epochs=17",
+        *FAST,
+        "train.augment.flip=alternate",
+        "train.cudnn_benchmark=false",
+    ],
+    "fast-17-eager-alternate": [
+        "train.epochs=17",
+        *FAST,
+        "train.augment.flip=alternate",
+        "train.compile=false",
     ],
 }
 TINY = [

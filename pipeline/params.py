@@ -99,6 +99,7 @@ class TrainParams(Section):
     precision: Precision
     compile: Literal["auto"] | bool
     cuda_graphs: Literal["auto"] | bool  # replay each step as one CUDA graph (auto: on for CUDA)
+    cudnn_benchmark: bool  # CUDA: time cuDNN's convolution algorithms at first use; false: its heuristics
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)  # global: images per optimizer step over all processes
     optimizer: Literal["sgd", "adam"]
@@ -161,7 +162,16 @@ SECTIONS = tuple(Params.model_fields)
 # computes (beyond floating-point rounding): a checkpoint written with other values of these may
 # still be resumed, and a model trained with them is still the model of the params.
 RUNTIME_TRAIN_KEYS = frozenset(
-    {"device", "compile", "cuda_graphs", "checkpoint_every", "nproc", "val_batch_size", "val_every"}
+    {
+        "device",
+        "compile",
+        "cuda_graphs",
+        "cudnn_benchmark",
+        "checkpoint_every",
+        "nproc",
+        "val_batch_size",
+        "val_every",
+    }
 )
 # Settings that cannot change any output, only where or how patiently the hash-checked archive is
 # fetched and how often training saves its state. dvc.yaml leaves them out of every stage's

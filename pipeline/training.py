@@ -161,6 +161,16 @@ def keep_freed_memory() -> None:
         libc.mallopt(top_pad, 256 << 20)
 
 
+def configure_device(device: torch.device, params: TrainParams) -> None:
+    """Process-wide settings of the device that trains: the CPU's allocator, cuDNN's search."""
+    if device.type == "cpu":
+        keep_freed_memory()
+    if device.type == "cuda":
+        # Timing cuDNN's algorithms runs each convolution shape several ways in its first steps;
+        # the heuristics pick at once, maybe a slower algorithm (README, GPU).
+        torch.backends.cudnn.benchmark = params.cudnn_benchmark
+
+
 def code_digest() -> str:
     """SHA-256 of the library's source files (pipeline/*.py): the code a checkpoint was trained by."""
     digest = hashlib.sha256()
@@ -280,10 +290,7 @@ def _set_up(
     device = resolve_device(params.device)
     if distributed and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank)
-    if device.type == "cpu":
-        keep_freed_memory()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    configure_device(device, params)
 
     seed_everything(params.seed)
     isa = cpu_class()

@@ -414,6 +414,19 @@ def test_compile_auto_follows_the_device_and_the_compiler(monkeypatch: pytest.Mo
     assert not training.should_compile(False, cuda) and training.should_compile(True, mps)
 
 
+@pytest.mark.parametrize("benchmark", [True, False])
+def test_cudnn_benchmark_is_set_from_params_on_cuda_only(
+    monkeypatch: pytest.MonkeyPatch, benchmark: bool
+) -> None:
+    # the flag is plain process state, settable without a GPU; undone after the test
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not benchmark)
+    params = fast(f"train.cudnn_benchmark={str(benchmark).lower()}").train
+    training.configure_device(torch.device("cpu"), params)
+    assert torch.backends.cudnn.benchmark is (not benchmark)  # the CPU leaves cuDNN alone
+    training.configure_device(torch.device("cuda"), params)
+    assert torch.backends.cudnn.benchmark is benchmark
+
+
 def test_compiled_training_saves_plain_weights_close_to_eager(prepared: Path, tmp_path: Path) -> None:
     # fp32 and a small lr, so that the kernels' different rounding is not amplified by training
     settings = ["train.epochs=1", "train.precision=fp32", "train.lr=0.001"]
