@@ -56,39 +56,18 @@ REPO = Path(__file__).resolve().parent.parent
 # epoch, slower later ones), `-heuristic-cudnn` cuDNN's heuristics instead of timing its algorithms
 # in the first steps; none measured on a GPU yet.
 FAST = ["train.label_smoothing=0.2", "train.augment.cutout=0"]
+FAST_17_ALTERNATE = ["train.epochs=17", *FAST, "train.augment.flip=alternate"]
 FAST_RECIPES: dict[str, list[str]] = {
     "fast-22": ["train.epochs=22", *FAST],
     "fast-20": ["train.epochs=20", *FAST],
     "fast-20-alternate": ["train.epochs=20", *FAST, "train.augment.flip=alternate"],
-    "fast-17-alternate": ["train.epochs=17", *FAST, "train.augment.flip=alternate"],
+    "fast-17-alternate": FAST_17_ALTERNATE,
     # half the steps, each twice the images: the peak lr scaled with the batch (0.2 per 500)
-    "fast-17-b1000-alternate": [
-        "train.epochs=17",
-        *FAST,
-        "train.augment.flip=alternate",
-        "train.batch_size=1000",
-        "train.lr=0.4",
-    ],
+    "fast-17-b1000-alternate": [*FAST_17_ALTERNATE, "train.batch_size=1000", "train.lr=0.4"],
     # twice the steps, each half the images: the peak lr scaled with the batch
-    "fast-17-b250-alternate": [
-        "train.epochs=17",
-        *FAST,
-        "train.augment.flip=alternate",
-        "train.batch_size=250",
-        "train.lr=0.1",
-    ],
-    "fast-17-heuristic-cudnn-alternate": [
-        "train.epochs=17",
-        *FAST,
-        "train.augment.flip=alternate",
-        "train.cudnn_benchmark=false",
-    ],
-    "fast-17-eager-alternate": [
-        "train.epochs=17",
-        *FAST,
-        "train.augment.flip=alternate",
-        "train.compile=false",
-    ],
+    "fast-17-b250-alternate": [*FAST_17_ALTERNATE, "train.batch_size=250", "train.lr=0.1"],
+    "fast-17-heuristic-cudnn-alternate": [*FAST_17_ALTERNATE, "train.cudnn_benchmark=false"],
+    "fast-17-eager-alternate": [*FAST_17_ALTERNATE, "train.compile=false"],
 }
 TINY = [
     "model.width=4",
@@ -337,10 +316,10 @@ def measure_steps(prepared: Path, out: Path, tiny: bool) -> None:
     from pipeline.model import build_model
     from pipeline.params import load_params
     from pipeline.step import CudaGraphStep
+    from pipeline.training import configure_device
 
     device = resolve_device("cpu" if tiny else "auto")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    configure_device(device, load_params(REPO / "params.yaml").train)  # as the train stage does
     width, steps, warmup = (4, 5, 2) if tiny else (64, 100, 5)
     results: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "width": width}
 
