@@ -43,6 +43,7 @@ class Checkpoint:
     rng: dict[str, Any] = field(default_factory=dict)
     code_sha256: str = ""  # of the training code (pipeline/*.py) that wrote it
     params: dict[str, Any] | None = None  # the model and train params by name, for `cifar10 checkpoints`
+    threads: int | None = None  # torch's CPU threads: a CPU run resumes with the same count
 
 
 def capture_rng() -> dict[str, Any]:
@@ -100,6 +101,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "data_sha256": checkpoint.data_sha256,
         "code_sha256": checkpoint.code_sha256,
         "params": checkpoint.params,
+        "threads": checkpoint.threads,
         "optimizer": optimizer_json,
         "rng": {"python": rng["python"], "numpy": rng["numpy"]["rest"], "cuda": len(rng["cuda"])},
         "has_average": checkpoint.average is not None,
@@ -145,6 +147,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             rng=rng,
             code_sha256=metadata.get("code_sha256", ""),
             params=metadata.get("params"),
+            threads=metadata.get("threads"),
         )
     except (KeyError, ValueError, TypeError) as error:
         raise ModelFileError(f"{path}: incomplete checkpoint ({error})") from None

@@ -2,9 +2,12 @@
 
 Each training process registers by holding an flock on a file of its own in a folder every
 process of the user sees. The number of files still locked is the number of trainings running
-(a file whose process died is unlocked, and removed when counted), and each takes its share of
-the cores: with `dvc queue start -j 2` on 2 cores, one thread each instead of two each fighting
-over both. The share is looked at again while training runs, so it grows back when others end.
+(a file whose process died is unlocked, and removed when counted), and a training takes its share
+of the cores when it starts: with `dvc queue start -j 2` on 2 cores, one thread each instead of
+two each fighting over both. It keeps that thread count to its end, and a resumed run takes the
+count its checkpoint was written with: the CPU's reductions split their work by thread, so
+another count changes the last bits of the weights, and a run whose threads changed midway could
+not be repeated.
 """
 
 from __future__ import annotations
@@ -14,18 +17,16 @@ import fcntl
 import logging
 import os
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 USER_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # set by the user: theirs to choose
-RECHECK_SECONDS = 2.0
 
 
 def registry_folder() -> Path:
@@ -57,43 +58,45 @@ def running_trainings(folder: Path) -> int:
     return alive
 
 
+@dataclass
 class CoreShare:
-    """This process's registration, and the thread count that follows from the others'."""
+    """This training's thread count: its share of the cores when it started, or the user's."""
 
-    def __init__(self, folder: Path, handle: IO[str] | None) -> None:
-        self.folder = folder
-        self.handle = handle  # None: the user set the threads, nothing is changed
-        self.cores = available_cores()
-        self.threads = torch.get_num_threads()
-        self.checked = 0.0
+    threads: int
+    user_set: bool  # OMP_NUM_THREADS or MKL_NUM_THREADS chose it: never changed here
 
-    def rebalance(self, force: bool = False) -> int:
-        """Set torch's threads to this process's share of the cores; return the share."""
-        if self.handle is None:
-            return self.threads
-        now = time.monotonic()
-        if not force and now - self.checked < RECHECK_SECONDS:
-            return self.threads
-        self.checked = now
-        running = max(1, running_trainings(self.folder))
-        share = max(1, self.cores // running)
-        if share != self.threads:
-            logger.info(
-                "%d training(s) of this pipeline running on %d cores: %d thread(s) for this one",
-                running,
-                self.cores,
-                share,
+    def continue_with(self, threads: int) -> None:
+        """Take the thread count a checkpoint was written with, so the run continues bit for bit."""
+        if threads == self.threads:
+            return
+        if self.user_set:
+            logger.warning(
+                "the checkpoint was written with %d thread(s), this run has %d (%s): the weights "
+                "will differ in their last bits from an uninterrupted run",
+                threads,
+                self.threads,
+                " / ".join(USER_THREAD_VARIABLES),
             )
-            torch.set_num_threads(share)
-            self.threads = share
-        return share
+            return
+        logger.info(
+            "resuming with the %d thread(s) the run was checkpointed with (its share now: %d), "
+            "so it continues bit for bit",
+            threads,
+            self.threads,
+        )
+        torch.set_num_threads(threads)
+        self.threads = threads
 
 
 @contextlib.contextmanager
 def share_cores(folder: Path | None = None) -> Iterator[CoreShare]:
-    """Register this training for as long as the block runs, with the threads set to its share."""
+    """Register this training for as long as the block runs, with the threads set to its share.
+
+    The thread count is chosen once, here; torch's previous count comes back at the end.
+    """
+    previous = torch.get_num_threads()
     if any(os.environ.get(name) for name in USER_THREAD_VARIABLES):
-        yield CoreShare(folder or registry_folder(), None)
+        yield CoreShare(previous, user_set=True)
         return
     folder = folder or registry_folder()
     folder.mkdir(parents=True, exist_ok=True)
@@ -102,10 +105,21 @@ def share_cores(folder: Path | None = None) -> Iterator[CoreShare]:
     with claiming.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         os.replace(claiming, path)  # counted only once locked: never taken for a dead training's file
-        share = CoreShare(folder, handle)
-        share.rebalance(force=True)
+        running = max(1, running_trainings(folder))
+        cores = available_cores()
+        share = CoreShare(max(1, cores // running), user_set=False)
+        if running > 1:
+            logger.info(
+                "%d training(s) of this pipeline running on %d cores: %d thread(s) for this one, "
+                "kept to its end",
+                running,
+                cores,
+                share.threads,
+            )
+        torch.set_num_threads(share.threads)
         try:
             yield share
         finally:
+            torch.set_num_threads(previous)
             fcntl.flock(handle, fcntl.LOCK_UN)
             path.unlink(missing_ok=True)

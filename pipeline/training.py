@@ -258,8 +258,8 @@ def train(
     run = dataclasses.replace(run, retention=retention, resume_hint=resume_hint)
     on_cpu = run.setup.device.type == "cpu"
     with share_cores() if on_cpu else contextlib.nullcontext(None) as cores:
-        state = _resume(run, restart)
-        _train_epochs(run, state, report, cores)
+        state = _resume(run, restart, cores)
+        _train_epochs(run, state, report)
     return _outcome(run, state) if run.is_main else None
 
 
@@ -368,8 +368,11 @@ def _set_up(
 # ----------------------------------------------------------------------------- 2. resume
 
 
-def _resume(run: Run, restart: bool) -> Progress:
-    """This run's state from its checkpoint, or a fresh start; one log line says which."""
+def _resume(run: Run, restart: bool, cores: CoreShare | None) -> Progress:
+    """This run's state from its checkpoint, or a fresh start; one log line says which.
+
+    On the CPU, `cores` takes the thread count the checkpoint was written with.
+    """
     path = run.checkpoint
     if restart:
         if run.is_main:
@@ -392,6 +395,8 @@ def _resume(run: Run, restart: bool) -> Progress:
     if run.average is not None and checkpoint.average is not None:
         run.average.load_state_dict(checkpoint.average)
     restore_rng(checkpoint.rng)
+    if cores is not None and checkpoint.threads is not None:
+        cores.continue_with(checkpoint.threads)
     if run.is_main:
         logger.info("resuming from %s at epoch %d, step %d", path, checkpoint.epoch + 1, checkpoint.step)
     totals = EpochTotals(**checkpoint.totals)  # type: ignore[arg-type]
@@ -413,6 +418,7 @@ def _save_checkpoint(run: Run, state: Progress) -> None:
             average=run.average.state_dict() if run.average is not None else None,
             rng=capture_rng(),
             params=trained_params(run.model_params, run.params),
+            threads=_cpu_threads(run),
             **run.identity,
         ),
     )
@@ -426,11 +432,8 @@ def _save_checkpoint(run: Run, state: Progress) -> None:
 # ----------------------------------------------------------------------------- 3. the epoch loop
 
 
-def _train_epochs(run: Run, state: Progress, report: Report | None, cores: CoreShare | None) -> None:
-    """Epochs from where `state` stands to the last; `state` moves along, checkpoints are saved.
-
-    On the CPU, `cores` gives this run its share of the cores as other trainings start and end.
-    """
+def _train_epochs(run: Run, state: Progress, report: Report | None) -> None:
+    """Epochs from where `state` stands to the last; `state` moves along, checkpoints are saved."""
     params, setup = run.params, run.setup
     if report is not None and run.is_main and state.history:  # a resumed run shows its epochs at once
         report(state.history, _summary(run, state.history))
@@ -438,8 +441,6 @@ def _train_epochs(run: Run, state: Progress, report: Report | None, cores: CoreS
     with stop_on_signals() as stop:
 
         def should_stop(step: int) -> bool:
-            if cores is not None:
-                cores.rebalance()  # at most every few seconds
             requested = stop.signal_number is not None
             return run.distributed.any(requested, setup.device) if run.distributed else requested
 
@@ -538,8 +539,13 @@ def _summary(run: Run, history: History) -> dict[str, Any]:
         "precision": run.setup.precision,
         "processes": run.setup.world_size,
         "compiled": run.compiled,
-        **({"cpu_class": run.cpu_class} if run.cpu_class else {}),
+        **({"cpu_class": run.cpu_class, "threads": _cpu_threads(run)} if run.cpu_class else {}),
     }
+
+
+def _cpu_threads(run: Run) -> int | None:
+    """The thread count a CPU run computes with: the weights' last bits depend on it."""
+    return torch.get_num_threads() if run.setup.device.type == "cpu" else None
 
 
 def _outcome(run: Run, state: Progress) -> TrainOutcome:

@@ -25,14 +25,24 @@ def four_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(threads)
 
 
-def test_each_training_takes_its_share_and_gets_the_rest_back(tmp_path: Path, four_cores: None) -> None:
+def test_each_training_takes_its_share_at_its_start_and_keeps_it(tmp_path: Path, four_cores: None) -> None:
+    torch.set_num_threads(3)
     with share_cores(tmp_path) as first:
         assert first.threads == 4 and torch.get_num_threads() == 4
         with share_cores(tmp_path) as second:
             assert running_trainings(tmp_path) == 2
-            assert second.threads == 2 and first.rebalance(force=True) == 2
-        assert first.rebalance(force=True) == 4 and torch.get_num_threads() == 4
+            assert second.threads == 2 and torch.get_num_threads() == 2
+        # a thread count changed midway would change the weights' last bits: the first keeps 4
+        assert first.threads == 4 and torch.get_num_threads() == 4
+    assert torch.get_num_threads() == 3  # torch's count from before comes back
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resumed_run_takes_its_checkpoints_thread_count(tmp_path: Path, four_cores: None) -> None:
+    with share_cores(tmp_path), share_cores(tmp_path) as second:
+        assert second.threads == 2
+        second.continue_with(4)
+        assert second.threads == 4 and torch.get_num_threads() == 4
 
 
 def test_another_process_counts_and_a_dead_ones_file_does_not(tmp_path: Path, four_cores: None) -> None:
@@ -72,6 +82,8 @@ def test_threads_the_user_set_are_left_alone(
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     torch.set_num_threads(3)
     with share_cores(tmp_path) as first, share_cores(tmp_path) as second:
-        assert first.rebalance(force=True) == 3 and second.threads == 3
+        assert first.threads == 3 and second.threads == 3 and second.user_set
         assert list(tmp_path.glob("*.lock")) == []
+        second.continue_with(1)  # a checkpoint of another count: a warning, the user's count stays
+        assert second.threads == 3 and torch.get_num_threads() == 3
     assert torch.get_num_threads() == 3

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 
+import pipeline.cores as cores
 import pipeline.training as training
 from pipeline.checkpoint import Retention, checkpoint_path, load_checkpoint, prune_checkpoints
 from pipeline.data import load_meta, preprocess
@@ -98,6 +99,27 @@ def test_same_seed_gives_the_same_weights(prepared: Path, tmp_path: Path) -> Non
     assert [row["epoch"] for row in first.history] == [1, 2]
     assert first.metrics["precision"] in ("bf16", "fp32") and first.metrics["device"] == "cpu"
     assert 0 <= first.metrics["val_accuracy"] <= 1 and first.card.arch == "resnet18"
+
+
+def test_a_resumed_run_takes_the_thread_count_it_was_checkpointed_with(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The CPU's reductions split their work by thread (1 and 2 threads give other last bits), so
+    # a run resumed while another training holds half the cores keeps the count it started with.
+    monkeypatch.setattr(cores, "available_cores", lambda: 2)
+    monkeypatch.setattr(cores, "registry_folder", lambda: tmp_path / "registry")
+    for name in cores.USER_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    params = fast("train.epochs=3")
+    straight = run(params, prepared, tmp_path / "straight")
+    assert straight.metrics["threads"] == 2  # alone on 2 cores
+    saved = interrupt_at(monkeypatch, params, prepared, tmp_path / "resumed", step=6)
+    assert load_checkpoint(saved).threads == 2
+    with cores.share_cores(), caplog.at_level("INFO"):  # another training runs: a share of 1 thread
+        resumed = run(params, prepared, tmp_path / "resumed")
+    assert "with the 2 thread(s) the run was checkpointed with (its share now: 1)" in caplog.text
+    assert resumed.metrics["threads"] == 2
+    assert_same_weights(straight.state, resumed.state)
 
 
 @pytest.mark.parametrize("stop_step", [2, 6, 8])  # mid-epoch, mid-epoch later, on an epoch boundary
