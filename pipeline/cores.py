@@ -2,12 +2,13 @@
 
 Each training process registers by holding an flock on a file of its own in a folder every
 process of the user sees. The number of files still locked is the number of trainings running
-(a file whose process died is unlocked, and removed when counted), and a training takes its share
-of the cores when it starts: with `dvc queue start -j 2` on 2 cores, one thread each instead of
-two each fighting over both. It keeps that thread count to its end, and a resumed run takes the
-count its checkpoint was written with: the CPU's reductions split their work by thread, so
-another count changes the last bits of the weights, and a run whose threads changed midway could
-not be repeated.
+(a file whose process died is unlocked, and removed when counted). A training registers before
+its set-up and takes its share of the cores when its first step is due, so trainings started
+together (`dvc queue start -j 2` on 2 cores: one thread each, instead of two each fighting over
+both) see each other. It keeps that thread count to its end, and a resumed run takes the count
+its checkpoint was written with: the CPU's reductions split their work by thread, so another
+count changes the last bits of the weights, and a run whose count changed midway could not be
+repeated.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 logger = logging.getLogger(__name__)
 
@@ -58,45 +57,27 @@ def running_trainings(folder: Path) -> int:
     return alive
 
 
-@dataclass
-class CoreShare:
-    """This training's thread count: its share of the cores when it started, or the user's."""
+@dataclass(frozen=True)
+class Registration:
+    """This training's place among the trainings running; it counts while its block runs."""
 
-    threads: int
-    user_set: bool  # OMP_NUM_THREADS or MKL_NUM_THREADS chose it: never changed here
+    folder: Path
 
-    def continue_with(self, threads: int) -> None:
-        """Take the thread count a checkpoint was written with, so the run continues bit for bit."""
-        if threads == self.threads:
-            return
-        if self.user_set:
-            logger.warning(
-                "the checkpoint was written with %d thread(s), this run has %d (%s): the weights "
-                "will differ in their last bits from an uninterrupted run",
-                threads,
-                self.threads,
-                " / ".join(USER_THREAD_VARIABLES),
-            )
-            return
-        logger.info(
-            "resuming with the %d thread(s) the run was checkpointed with (its share now: %d), "
-            "so it continues bit for bit",
-            threads,
-            self.threads,
-        )
-        torch.set_num_threads(threads)
-        self.threads = threads
+    def share(self) -> tuple[int, int]:
+        """The trainings running now (this one included) and this one's share of the cores."""
+        running = max(1, running_trainings(self.folder))
+        return running, max(1, available_cores() // running)
 
 
 @contextlib.contextmanager
-def share_cores(folder: Path | None = None) -> Iterator[CoreShare]:
-    """Register this training for as long as the block runs, with the threads set to its share.
+def register_training(folder: Path | None = None) -> Iterator[Registration | None]:
+    """Count this training among the running ones for as long as the block runs.
 
-    The thread count is chosen once, here; torch's previous count comes back at the end.
+    Yields None when the user chose the threads (OMP_NUM_THREADS or MKL_NUM_THREADS): nothing
+    is shared then, and the training neither counts nor changes its threads.
     """
-    previous = torch.get_num_threads()
     if any(os.environ.get(name) for name in USER_THREAD_VARIABLES):
-        yield CoreShare(previous, user_set=True)
+        yield None
         return
     folder = folder or registry_folder()
     folder.mkdir(parents=True, exist_ok=True)
@@ -105,21 +86,45 @@ def share_cores(folder: Path | None = None) -> Iterator[CoreShare]:
     with claiming.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         os.replace(claiming, path)  # counted only once locked: never taken for a dead training's file
-        running = max(1, running_trainings(folder))
-        cores = available_cores()
-        share = CoreShare(max(1, cores // running), user_set=False)
-        if running > 1:
-            logger.info(
-                "%d training(s) of this pipeline running on %d cores: %d thread(s) for this one, "
-                "kept to its end",
-                running,
-                cores,
-                share.threads,
-            )
-        torch.set_num_threads(share.threads)
         try:
-            yield share
+            yield Registration(folder)
         finally:
-            torch.set_num_threads(previous)
             fcntl.flock(handle, fcntl.LOCK_UN)
             path.unlink(missing_ok=True)
+
+
+def choose_threads(registration: Registration | None, current: int, checkpointed: int | None) -> int:
+    """The thread count a CPU training keeps from its first step to its end.
+
+    `current` is torch's count now, `checkpointed` the count a resumed run's checkpoint was
+    written with (None for a fresh start). A resumed run takes its checkpoint's count, so it
+    continues bit for bit; a fresh one its share of the cores; with the user's threads, theirs.
+    """
+    if registration is None:
+        if checkpointed is not None and checkpointed != current:
+            logger.warning(
+                "the checkpoint was written with %d thread(s), this run has %d (%s): the weights "
+                "will differ in their last bits from an uninterrupted run",
+                checkpointed,
+                current,
+                " / ".join(USER_THREAD_VARIABLES),
+            )
+        return current
+    running, share = registration.share()
+    if checkpointed is not None:
+        if checkpointed != share:
+            logger.info(
+                "resuming with the %d thread(s) the run was checkpointed with (its share now: %d), "
+                "so it continues bit for bit",
+                checkpointed,
+                share,
+            )
+        return checkpointed
+    if running > 1:
+        logger.info(
+            "%d training(s) of this pipeline running on %d cores: %d thread(s) for this one, kept to its end",
+            running,
+            available_cores(),
+            share,
+        )
+    return share

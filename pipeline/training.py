@@ -38,7 +38,7 @@ from pipeline.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from pipeline.cores import CoreShare, share_cores
+from pipeline.cores import choose_threads, register_training
 from pipeline.data import load_meta, load_split
 from pipeline.distributed import Distributed
 from pipeline.engine import (
@@ -89,6 +89,7 @@ class Progress:
     step: int = 0  # steps completed within `epoch`
     totals: EpochTotals = field(default_factory=EpochTotals)  # sums of the partial epoch
     history: History = field(default_factory=list)
+    threads: int | None = None  # the CPU thread count of the checkpoint it resumes: the run keeps it
 
 
 @dataclass(frozen=True)
@@ -254,13 +255,28 @@ def train(
     checkpoint on SIGINT/SIGTERM (its message ends with `resume_hint`), and PipelineError on a
     non-finite loss or out of memory. After each checkpoint, the folder is pruned to `retention`.
     """
-    run = _set_up(model_params, params, prepared, checkpoints, distributed)
-    run = dataclasses.replace(run, retention=retention, resume_hint=resume_hint)
-    on_cpu = run.setup.device.type == "cpu"
-    with share_cores() if on_cpu else contextlib.nullcontext(None) as cores:
-        state = _resume(run, restart, cores)
-        _train_epochs(run, state, report)
-    return _outcome(run, state) if run.is_main else None
+    on_cpu = resolve_device(params.device).type == "cpu"
+    # registered before the set-up (seconds on real data), so trainings started together see each other
+    with register_training() if on_cpu else contextlib.nullcontext(None) as registration:
+        run = _set_up(model_params, params, prepared, checkpoints, distributed)
+        run = dataclasses.replace(run, retention=retention, resume_hint=resume_hint)
+        state = _resume(run, restart)
+        threads = choose_threads(registration, torch.get_num_threads(), state.threads) if on_cpu else None
+        with fixed_threads(threads):
+            _train_epochs(run, state, report)
+            return _outcome(run, state) if run.is_main else None
+
+
+@contextlib.contextmanager
+def fixed_threads(count: int | None) -> Iterator[None]:
+    """torch's CPU threads at `count` for the block (None: unchanged), the previous count after."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------- 1. data and model
@@ -368,11 +384,8 @@ def _set_up(
 # ----------------------------------------------------------------------------- 2. resume
 
 
-def _resume(run: Run, restart: bool, cores: CoreShare | None) -> Progress:
-    """This run's state from its checkpoint, or a fresh start; one log line says which.
-
-    On the CPU, `cores` takes the thread count the checkpoint was written with.
-    """
+def _resume(run: Run, restart: bool) -> Progress:
+    """This run's state from its checkpoint, or a fresh start; one log line says which."""
     path = run.checkpoint
     if restart:
         if run.is_main:
@@ -395,12 +408,10 @@ def _resume(run: Run, restart: bool, cores: CoreShare | None) -> Progress:
     if run.average is not None and checkpoint.average is not None:
         run.average.load_state_dict(checkpoint.average)
     restore_rng(checkpoint.rng)
-    if cores is not None and checkpoint.threads is not None:
-        cores.continue_with(checkpoint.threads)
     if run.is_main:
         logger.info("resuming from %s at epoch %d, step %d", path, checkpoint.epoch + 1, checkpoint.step)
     totals = EpochTotals(**checkpoint.totals)  # type: ignore[arg-type]
-    return Progress(checkpoint.epoch, checkpoint.step, totals, checkpoint.history)
+    return Progress(checkpoint.epoch, checkpoint.step, totals, checkpoint.history, checkpoint.threads)
 
 
 def _save_checkpoint(run: Run, state: Progress) -> None:

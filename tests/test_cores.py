@@ -5,44 +5,40 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 import pipeline.cores as cores
-from pipeline.cores import running_trainings, share_cores
+from pipeline.cores import choose_threads, register_training, running_trainings
 from tests.conftest import REPO
 
 
 @pytest.fixture
-def four_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+def four_cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(cores, "available_cores", lambda: 4)
     for name in cores.USER_THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
     yield
-    torch.set_num_threads(threads)
 
 
-def test_each_training_takes_its_share_at_its_start_and_keeps_it(tmp_path: Path, four_cores: None) -> None:
-    torch.set_num_threads(3)
-    with share_cores(tmp_path) as first:
-        assert first.threads == 4 and torch.get_num_threads() == 4
-        with share_cores(tmp_path) as second:
+def test_each_training_takes_its_share_when_its_first_step_is_due(tmp_path: Path, four_cores: None) -> None:
+    with register_training(tmp_path) as first:
+        assert first is not None and choose_threads(first, 2, None) == 4  # alone
+        with register_training(tmp_path) as second:
             assert running_trainings(tmp_path) == 2
-            assert second.threads == 2 and torch.get_num_threads() == 2
-        # a thread count changed midway would change the weights' last bits: the first keeps 4
-        assert first.threads == 4 and torch.get_num_threads() == 4
-    assert torch.get_num_threads() == 3  # torch's count from before comes back
+            assert choose_threads(second, 2, None) == 2
+        assert first.share() == (1, 4)  # what a training starting now would take
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_resumed_run_takes_its_checkpoints_thread_count(tmp_path: Path, four_cores: None) -> None:
-    with share_cores(tmp_path), share_cores(tmp_path) as second:
-        assert second.threads == 2
-        second.continue_with(4)
-        assert second.threads == 4 and torch.get_num_threads() == 4
+def test_a_resumed_run_takes_its_checkpoints_thread_count(
+    tmp_path: Path, four_cores: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with register_training(tmp_path), register_training(tmp_path) as second, caplog.at_level("INFO"):
+        assert choose_threads(second, 2, checkpointed=4) == 4  # its share would be 2
+    assert "with the 4 thread(s) the run was checkpointed with (its share now: 2)" in caplog.text
 
 
 def test_another_process_counts_and_a_dead_ones_file_does_not(tmp_path: Path, four_cores: None) -> None:
@@ -54,8 +50,8 @@ def test_another_process_counts_and_a_dead_ones_file_does_not(tmp_path: Path, fo
             textwrap.dedent(f"""
                 import sys
                 from pathlib import Path
-                from pipeline.cores import share_cores
-                with share_cores(Path({str(tmp_path)!r})):
+                from pipeline.cores import register_training
+                with register_training(Path({str(tmp_path)!r})):
                     print("registered", flush=True)
                     sys.stdin.readline()
             """),
@@ -67,8 +63,8 @@ def test_another_process_counts_and_a_dead_ones_file_does_not(tmp_path: Path, fo
     )
     assert child.stdout is not None and child.stdin is not None
     assert child.stdout.readline().strip() == "registered"
-    with share_cores(tmp_path) as share:
-        assert share.threads == 2  # two trainings alive on four cores
+    with register_training(tmp_path) as registration:
+        assert registration is not None and registration.share() == (2, 2)  # two alive on four cores
     assert not (tmp_path / "12345-deadbeef.lock").exists()
     child.stdin.write("done\n")
     child.stdin.flush()
@@ -77,13 +73,12 @@ def test_another_process_counts_and_a_dead_ones_file_does_not(tmp_path: Path, fo
 
 
 def test_threads_the_user_set_are_left_alone(
-    tmp_path: Path, four_cores: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, four_cores: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    torch.set_num_threads(3)
-    with share_cores(tmp_path) as first, share_cores(tmp_path) as second:
-        assert first.threads == 3 and second.threads == 3 and second.user_set
+    with register_training(tmp_path) as first, register_training(tmp_path) as second:
+        assert first is None and second is None
         assert list(tmp_path.glob("*.lock")) == []
-        second.continue_with(1)  # a checkpoint of another count: a warning, the user's count stays
-        assert second.threads == 3 and torch.get_num_threads() == 3
-    assert torch.get_num_threads() == 3
+        assert choose_threads(second, 3, None) == 3
+        assert choose_threads(second, 3, checkpointed=1) == 3  # the user's count wins, with a warning
+    assert "the checkpoint was written with 1 thread(s), this run has 3" in caplog.text

@@ -111,15 +111,41 @@ def test_a_resumed_run_takes_the_thread_count_it_was_checkpointed_with(
     for name in cores.USER_THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     params = fast("train.epochs=3")
-    straight = run(params, prepared, tmp_path / "straight")
-    assert straight.metrics["threads"] == 2  # alone on 2 cores
-    saved = interrupt_at(monkeypatch, params, prepared, tmp_path / "resumed", step=6)
-    assert load_checkpoint(saved).threads == 2
-    with cores.share_cores(), caplog.at_level("INFO"):  # another training runs: a share of 1 thread
-        resumed = run(params, prepared, tmp_path / "resumed")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the run sets its own count, and puts this one back at its end
+    try:
+        straight = run(params, prepared, tmp_path / "straight")
+        assert straight.metrics["threads"] == 2 and torch.get_num_threads() == 1  # alone on 2 cores
+        saved = interrupt_at(monkeypatch, params, prepared, tmp_path / "resumed", step=6)
+        assert load_checkpoint(saved).threads == 2
+        with cores.register_training(), caplog.at_level("INFO"):  # another training: a share of 1
+            resumed = run(params, prepared, tmp_path / "resumed")
+    finally:
+        torch.set_num_threads(previous)
     assert "with the 2 thread(s) the run was checkpointed with (its share now: 1)" in caplog.text
     assert resumed.metrics["threads"] == 2
     assert_same_weights(straight.state, resumed.state)
+
+
+def test_a_training_counts_among_the_running_ones_from_before_its_set_up(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # trainings started together (a DVC queue's workers) must see each other when they take
+    # their share of the cores, so each registers before its set-up (seconds on real data)
+    registry = tmp_path / "registry"
+    monkeypatch.setattr(cores, "registry_folder", lambda: registry)
+    for name in cores.USER_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    counted: list[int] = []
+    set_up = training._set_up
+
+    def counting_set_up(*args: Any) -> Any:
+        counted.append(cores.running_trainings(registry))
+        return set_up(*args)
+
+    monkeypatch.setattr(training, "_set_up", counting_set_up)
+    run(fast("train.epochs=1"), prepared, tmp_path / "checkpoints")
+    assert counted == [1] and cores.running_trainings(registry) == 0
 
 
 @pytest.mark.parametrize("stop_step", [2, 6, 8])  # mid-epoch, mid-epoch later, on an epoch boundary
