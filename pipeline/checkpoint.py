@@ -43,7 +43,8 @@ class Checkpoint:
     rng: dict[str, Any] = field(default_factory=dict)
     code_sha256: str = ""  # of the training code (pipeline/*.py) that wrote it
     params: dict[str, Any] | None = None  # the model and train params by name, for `cifar10 checkpoints`
-    threads: int | None = None  # torch's CPU threads: a CPU run resumes with the same count
+    threads: int | None = None  # torch's CPU threads per process: a CPU run resumes with the same count
+    processes: int = 1  # of the run that wrote it
 
 
 def capture_rng() -> dict[str, Any]:
@@ -102,6 +103,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "code_sha256": checkpoint.code_sha256,
         "params": checkpoint.params,
         "threads": checkpoint.threads,
+        "processes": checkpoint.processes,
         "optimizer": optimizer_json,
         "rng": {"python": rng["python"], "numpy": rng["numpy"]["rest"], "cuda": len(rng["cuda"])},
         "has_average": checkpoint.average is not None,
@@ -148,6 +150,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             code_sha256=metadata.get("code_sha256", ""),
             params=metadata.get("params"),
             threads=metadata.get("threads"),
+            processes=int(metadata.get("processes", 1)),
         )
     except (KeyError, ValueError, TypeError) as error:
         raise ModelFileError(f"{path}: incomplete checkpoint ({error})") from None

@@ -411,7 +411,10 @@ def _resume(run: Run, restart: bool) -> Progress:
     if run.is_main:
         logger.info("resuming from %s at epoch %d, step %d", path, checkpoint.epoch + 1, checkpoint.step)
     totals = EpochTotals(**checkpoint.totals)  # type: ignore[arg-type]
-    return Progress(checkpoint.epoch, checkpoint.step, totals, checkpoint.history, checkpoint.threads)
+    # its thread count continues it bit for bit; with another number of processes nothing does
+    same_processes = checkpoint.processes == run.setup.world_size
+    threads = checkpoint.threads if same_processes else None
+    return Progress(checkpoint.epoch, checkpoint.step, totals, checkpoint.history, threads)
 
 
 def _save_checkpoint(run: Run, state: Progress) -> None:
@@ -430,6 +433,7 @@ def _save_checkpoint(run: Run, state: Progress) -> None:
             rng=capture_rng(),
             params=trained_params(run.model_params, run.params),
             threads=_cpu_threads(run),
+            processes=run.setup.world_size,
             **run.identity,
         ),
     )

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.data import load_meta, load_split, preprocess
 from pipeline.engine import DeviceSplit, InputTransform, evaluate
 from pipeline.params import PreprocessParams
@@ -145,9 +146,12 @@ def test_two_process_checkpoint_resumes_in_one_process(project: Path, tmp_path: 
     failed = train(project, "train.lr=0.05", "train.nproc=2", hook=hook)
     assert failed.returncode == 1
     (saved,) = (project / "checkpoints").glob("*.safetensors")
+    assert load_checkpoint(saved).processes == 2
     resumed = train(project, "train.lr=0.05", "train.nproc=1", hook=WITHOUT_BATCHNORM)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from checkpoints/{saved.name} at epoch 3, step 0" in resumed.stderr
+    # a worker's thread count is its share beside the other: one process takes its own share
+    assert "thread(s) the run was checkpointed with" not in resumed.stderr
     straight = sibling(project, "straight")
     assert train(straight, "train.lr=0.05", hook=WITHOUT_BATCHNORM).returncode == 0
     one, resumed_weights = weights(straight), weights(project)
