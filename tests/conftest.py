@@ -49,6 +49,18 @@ class TinyArchive:
     test_records: np.ndarray  # uint8 [20, 3073]
 
 
+@pytest.fixture
+def training_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A registry of running trainings of the test's own (pipeline/cores.py), no user thread count."""
+    import pipeline.cores as cores
+
+    folder = tmp_path / "registry"
+    monkeypatch.setattr(cores, "registry_folder", lambda: folder)
+    for name in cores.USER_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return folder
+
+
 def records(count: int, seed: int) -> np.ndarray:
     """3073-byte records with labels cycling through 0-9, so every class is present.
 

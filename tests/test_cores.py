@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,8 @@ from tests.conftest import REPO
 
 
 @pytest.fixture
-def four_cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def four_cores(monkeypatch: pytest.MonkeyPatch, training_registry: Path) -> None:
     monkeypatch.setattr(cores, "available_cores", lambda: 4)
-    for name in cores.USER_THREAD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    yield
 
 
 def test_each_training_takes_its_share_when_its_first_step_is_due(tmp_path: Path, four_cores: None) -> None:

@@ -102,14 +102,15 @@ def test_same_seed_gives_the_same_weights(prepared: Path, tmp_path: Path) -> Non
 
 
 def test_a_resumed_run_takes_the_thread_count_it_was_checkpointed_with(
-    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    prepared: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    training_registry: Path,
 ) -> None:
     # The CPU's reductions split their work by thread (1 and 2 threads give other last bits), so
     # a run resumed while another training holds half the cores keeps the count it started with.
     monkeypatch.setattr(cores, "available_cores", lambda: 2)
-    monkeypatch.setattr(cores, "registry_folder", lambda: tmp_path / "registry")
-    for name in cores.USER_THREAD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
     params = fast("train.epochs=3")
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # the run sets its own count, and puts this one back at its end
@@ -128,24 +129,20 @@ def test_a_resumed_run_takes_the_thread_count_it_was_checkpointed_with(
 
 
 def test_a_training_counts_among_the_running_ones_from_before_its_set_up(
-    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, training_registry: Path
 ) -> None:
     # trainings started together (a DVC queue's workers) must see each other when they take
     # their share of the cores, so each registers before its set-up (seconds on real data)
-    registry = tmp_path / "registry"
-    monkeypatch.setattr(cores, "registry_folder", lambda: registry)
-    for name in cores.USER_THREAD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
     counted: list[int] = []
     set_up = training._set_up
 
     def counting_set_up(*args: Any) -> Any:
-        counted.append(cores.running_trainings(registry))
+        counted.append(cores.running_trainings(training_registry))
         return set_up(*args)
 
     monkeypatch.setattr(training, "_set_up", counting_set_up)
     run(fast("train.epochs=1"), prepared, tmp_path / "checkpoints")
-    assert counted == [1] and cores.running_trainings(registry) == 0
+    assert counted == [1] and cores.running_trainings(training_registry) == 0
 
 
 @pytest.mark.parametrize("stop_step", [2, 6, 8])  # mid-epoch, mid-epoch later, on an epoch boundary
