@@ -7,12 +7,15 @@ import hashlib
 import http.server
 import io
 import shutil
+import socket
 import socketserver
+import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,6 +185,16 @@ class FaultyHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class QuietServer(socketserver.ThreadingTCPServer):
+    """Says nothing when a client drops its connection (the client's side is what tests check)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @dataclass
 class Server:
     url: str
@@ -192,8 +205,7 @@ class Server:
 def http_server() -> Iterator[Server]:
     state = ServerState()
     handler = type("Handler", (FaultyHandler,), {"state": state})
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
+    server = QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
