@@ -112,17 +112,13 @@ def test_a_resumed_run_takes_the_thread_count_it_was_checkpointed_with(
     # a run resumed while another training holds half the cores keeps the count it started with.
     monkeypatch.setattr(cores, "available_cores", lambda: 2)
     params = fast("train.epochs=3")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the run sets its own count, and puts this one back at its end
-    try:
+    with training.fixed_threads(1):  # the run sets its own count, and puts this one back at its end
         straight = run(params, prepared, tmp_path / "straight")
         assert straight.metrics["threads"] == 2 and torch.get_num_threads() == 1  # alone on 2 cores
         saved = interrupt_at(monkeypatch, params, prepared, tmp_path / "resumed", step=6)
         assert load_checkpoint(saved).threads == 2
         with cores.register_training(), caplog.at_level("INFO"):  # another training: a share of 1
             resumed = run(params, prepared, tmp_path / "resumed")
-    finally:
-        torch.set_num_threads(previous)
     assert "with the 2 thread(s) the run was checkpointed with (its share now: 1)" in caplog.text
     assert resumed.metrics["threads"] == 2
     assert_same_weights(straight.state, resumed.state)
