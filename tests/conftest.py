@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
+import pipeline.cores as cores
+
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 RECORDS = 20  # per batch file: 5 train batches and a test batch
@@ -52,16 +54,22 @@ class TinyArchive:
     test_records: np.ndarray  # uint8 [20, 3073]
 
 
-@pytest.fixture
-def training_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A registry of running trainings of the test's own (pipeline/cores.py), no user thread count."""
-    import pipeline.cores as cores
-
+@pytest.fixture(autouse=True)
+def private_training_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Trainings a test runs in its own process register in a folder of the test's own
+    (pipeline/cores.py): a training running elsewhere on the machine must not change their thread
+    count, and with it the last bits of the weights the test compares."""
     folder = tmp_path / "registry"
     monkeypatch.setattr(cores, "registry_folder", lambda: folder)
+    return folder
+
+
+@pytest.fixture
+def training_registry(private_training_registry: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test's own registry of running trainings, and no user thread count."""
     for name in cores.USER_THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    return folder
+    return private_training_registry
 
 
 def records(count: int, seed: int) -> np.ndarray:

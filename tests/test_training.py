@@ -332,12 +332,16 @@ def test_damaged_checkpoint_is_a_clear_error(prepared: Path, tmp_path: Path, dam
 def run_cli(
     project: Path, *arguments: str, script: str = "", env: dict[str, str] | None = None, **kwargs: Any
 ) -> subprocess.Popen[str]:
-    """Start `python -m stages ...` in `project`, optionally after running `script` in the same process."""
+    """Start `python -m stages ...` in `project`, optionally after running `script` in the same process.
+
+    Its thread count is pinned (as README says to repeat a run exactly), so that a training running
+    elsewhere on the machine cannot change the weights the tests compare between processes."""
     code = textwrap.dedent(script) + "\nimport sys\nfrom stages.cli import app\napp(sys.argv[1:])\n"
+    pinned = {"OMP_NUM_THREADS": str(cores.available_cores())}
     return subprocess.Popen(
         [sys.executable, "-c", code, *arguments],
         cwd=project,
-        env={**(env or os.environ), "PYTHONPATH": str(REPO)},
+        env={**pinned, **(env or os.environ), "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
