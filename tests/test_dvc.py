@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import FAST_TRAINING, REPO, Server, TinyArchive, set_params
+from tests.conftest import (
+    FAST_TRAINING,
+    RECORDS,
+    REPO,
+    Server,
+    TinyArchive,
+    official_members,
+    records,
+    set_params,
+    write_archive,
+)
 
 pytestmark = pytest.mark.dvc
 BIN = Path(sys.executable).parent
@@ -36,23 +46,15 @@ def shell(repo: Path, *command: str, env: dict[str, str] | None = None, stderr: 
     return result.stdout + (result.stderr if stderr else "")
 
 
-@pytest.fixture
-def repo(tmp_path: Path, http_server: Server, tiny_archive: TinyArchive) -> Path:
-    http_server.state.body = tiny_archive.path.read_bytes()
-    repo = tmp_path / "repo"
+def make_repository(repo: Path, url: str, sha256: str) -> Path:
+    """A git repository with DVC and the project's code and params, training tiny, the archive at `url`."""
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, repo / name)
     for package in ("pipeline", "stages"):
         shutil.copytree(REPO / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     set_params(
-        repo / "params.yaml",
-        [
-            *FAST_TRAINING,
-            "train.epochs=1",
-            f"data.url={http_server.url}",
-            f"data.sha256={tiny_archive.sha256}",
-        ],
+        repo / "params.yaml", [*FAST_TRAINING, "train.epochs=1", f"data.url={url}", f"data.sha256={sha256}"]
     )
     shell(repo, "git", "init", "-q", "-b", "main")
     shell(repo, "git", "config", "user.name", "test")
@@ -60,6 +62,33 @@ def repo(tmp_path: Path, http_server: Server, tiny_archive: TinyArchive) -> Path
     shell(repo, str(BIN / "dvc"), "init", "-q")
     shell(repo, str(BIN / "dvc"), "config", "core.analytics", "false")
     return repo
+
+
+@pytest.fixture
+def repo(tmp_path: Path, http_server: Server, tiny_archive: TinyArchive) -> Path:
+    """A fresh repository: nothing run yet, the archive served over HTTP."""
+    http_server.state.body = tiny_archive.path.read_bytes()
+    return make_repository(tmp_path / "repo", http_server.url, tiny_archive.sha256)
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository where `dvc repro` has run every stage, committed as "baseline": made once and
+    copied by each test that starts from there (every stage's run takes a few seconds)."""
+    folder = tmp_path_factory.mktemp("reproduced")
+    archive = folder / "mirror" / "cifar-10-binary.tar.gz"
+    sha256 = write_archive(archive, official_members(records(5 * RECORDS, seed=1), records(RECORDS, seed=2)))
+    repo = make_repository(folder / "repo", archive.as_uri(), sha256)
+    dvc(repo, "repro")
+    shell(repo, "git", "add", "-A")
+    shell(repo, "git", "commit", "-qm", "baseline")
+    return repo
+
+
+@pytest.fixture
+def baseline(reproduced: Path, tmp_path: Path) -> Path:
+    """The test's own copy of the reproduced repository."""
+    return Path(shutil.copytree(reproduced, tmp_path / "repo", symlinks=True))
 
 
 def dvc(repo: Path, *arguments: str, env: dict[str, str] | None = None) -> str:
@@ -158,10 +187,8 @@ def test_repro_experiments_run_cache_and_comparisons(repo: Path, http_server: Se
     assert hashlib.md5((repo / "registered.safetensors").read_bytes()).hexdigest() == model_md5
 
 
-def test_a_queued_sweep_runs_each_point_in_parallel_workspaces(repo: Path) -> None:
-    dvc(repo, "repro")
-    shell(repo, "git", "add", "-A")
-    shell(repo, "git", "commit", "-qm", "baseline")
+def test_a_queued_sweep_runs_each_point_in_parallel_workspaces(baseline: Path) -> None:
+    repo = baseline
     dvc(repo, "exp", "run", "--queue", "-S", "train.lr=0.05,0.4")
     # two workers: each training takes its share of the cores by itself (pipeline/cores.py)
     output = dvc_log(repo, "exp", "run", "--run-all", "--jobs", "2")
@@ -201,12 +228,10 @@ def columns(width: int) -> dict[str, str]:
     return {**os.environ, "COLUMNS": str(width)}
 
 
-def test_every_stage_runs_the_code_of_its_own_workspace(repo: Path, tmp_path: Path) -> None:
+def test_every_stage_runs_the_code_of_its_own_workspace(baseline: Path, tmp_path: Path) -> None:
     """A queued experiment runs the code it was queued with, not the workspace's; an installed copy
     of the packages (what `pip install .` leaves) never stands in for the checkout's code."""
-    dvc(repo, "repro")
-    shell(repo, "git", "add", "-A")
-    shell(repo, "git", "commit", "-qm", "baseline")
+    repo = baseline
     plots = repo / "stages" / "plots.py"
     original = plots.read_text()
     anchor = '        logger.info("wrote %s/learning_curves.png'
@@ -230,11 +255,10 @@ def test_every_stage_runs_the_code_of_its_own_workspace(repo: Path, tmp_path: Pa
     assert "code of the checkout" in output and "installed copy" not in output, output
 
 
-def test_a_teammate_pulls_the_results_and_reruns_nothing(repo: Path, tmp_path: Path) -> None:
+def test_a_teammate_pulls_the_results_and_reruns_nothing(baseline: Path, tmp_path: Path) -> None:
     """README's Sharing results: commit dvc.lock and metrics/, push the cache and the run-cache."""
-    remote = tmp_path / "remote"
+    repo, remote = baseline, tmp_path / "remote"
     dvc(repo, "remote", "add", "-d", "storage", str(remote))
-    dvc(repo, "repro")
     shell(repo, "git", "add", "-A")
     shell(repo, "git", "commit", "-qm", "results")
     assert shell(repo, "git", "status", "--porcelain") == ""  # nothing of the run left untracked
