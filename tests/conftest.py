@@ -117,12 +117,16 @@ def official_members(train: np.ndarray, test: np.ndarray) -> dict[str, bytes]:
     return members
 
 
-@pytest.fixture
-def tiny_archive(tmp_path: Path) -> TinyArchive:
+def make_tiny_archive(path: Path) -> TinyArchive:
+    """The tests' archive at `path`: 100 training and 20 test records, the same bytes every time."""
     train, test = records(5 * RECORDS, seed=1), records(RECORDS, seed=2)
-    path = tmp_path / "mirror" / "cifar-10-binary.tar.gz"
     sha256 = write_archive(path, official_members(train, test))
     return TinyArchive(path, sha256, train, test)
+
+
+@pytest.fixture
+def tiny_archive(tmp_path: Path) -> TinyArchive:
+    return make_tiny_archive(tmp_path / "mirror" / "cifar-10-binary.tar.gz")
 
 
 @dataclass

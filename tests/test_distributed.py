@@ -19,7 +19,7 @@ from pipeline.data import load_meta, load_split, preprocess
 from pipeline.engine import DeviceSplit, InputTransform, evaluate
 from pipeline.params import PreprocessParams
 from pipeline.weights import load_model
-from tests.conftest import FAST_TRAINING, REPO, TinyArchive
+from tests.conftest import FAST_TRAINING, REPO, make_tiny_archive
 
 # fp32, so that two processes and one agree up to floating-point summation order
 SETTINGS = [
@@ -31,12 +31,29 @@ SETTINGS = [
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
 
-@pytest.fixture
-def project(tmp_path: Path, tiny_archive: TinyArchive) -> Path:
-    folder = tmp_path / "project"
-    preprocess(tiny_archive.path, PreprocessParams(val_size=20, seed=0), folder / "data" / "prepared")
+# lr 0.05: the runs compared without BatchNorm stay close enough to tell a wrong gradient from rounding
+STABLE = ["train.lr=0.05", "train.checkpoint_every=0"]
+
+
+@pytest.fixture(scope="module")
+def prepared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/ with the tests' archive prepared, shared by every project folder of this module."""
+    folder = tmp_path_factory.mktemp("shared")
+    archive = make_tiny_archive(folder / "cifar-10-binary.tar.gz")
+    preprocess(archive.path, PreprocessParams(val_size=20, seed=0), folder / "data" / "prepared")
+    return folder / "data"
+
+
+def project_folder(folder: Path, data: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "data").symlink_to(data)
     (folder / "params.yaml").write_text((REPO / "params.yaml").read_text())
     return folder
+
+
+@pytest.fixture
+def project(tmp_path: Path, prepared_data: Path) -> Path:
+    return project_folder(tmp_path / "project", prepared_data)
 
 
 def environment(project: Path, hook: str) -> dict[str, str]:
@@ -101,36 +118,54 @@ WITHOUT_BATCHNORM = textwrap.dedent("""
 
 def sibling(project: Path, name: str) -> Path:
     """Another project folder sharing `project`'s prepared data."""
-    folder = project.parent / name
-    folder.mkdir()
-    (folder / "data").symlink_to(project / "data")
-    (folder / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    return folder
+    return project_folder(project.parent / name, (project / "data").resolve())
 
 
-def test_two_processes_match_one_with_the_same_global_batch(project: Path) -> None:
-    single = sibling(project, "single")
-    stable = ["train.lr=0.05", "train.checkpoint_every=0"]
-    result = train(single, *stable, hook=WITHOUT_BATCHNORM)
+@pytest.fixture(scope="module")
+def one_process_weights(
+    tmp_path_factory: pytest.TempPathFactory, prepared_data: Path
+) -> dict[str, torch.Tensor]:
+    """What one process trains without BatchNorm (STABLE): the data-parallel runs must match it."""
+    single = project_folder(tmp_path_factory.mktemp("single") / "project", prepared_data)
+    result = train(single, *STABLE, hook=WITHOUT_BATCHNORM)
     assert result.returncode == 0, result.stderr
-    result = train(project, *stable, "train.nproc=2", hook=WITHOUT_BATCHNORM)
-    assert result.returncode == 0, result.stderr
-    one, two = weights(single), weights(project)
-    assert one.keys() == two.keys()
-    for name in one:
-        assert torch.allclose(one[name], two[name], **TOLERANCE), name
+    return weights(single)
 
 
-def test_two_processes_write_one_set_of_outputs(project: Path) -> None:
-    result = train(project, "train.nproc=2")
+@pytest.fixture(scope="module")
+def two_process_run(
+    tmp_path_factory: pytest.TempPathFactory, prepared_data: Path
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Two processes with the real network (BatchNorm) and a weight average, a checkpoint every
+    epoch: its project folder and the finished process, read by the tests below."""
+    folder = project_folder(tmp_path_factory.mktemp("two") / "project", prepared_data)
+    result = train(folder, "train.nproc=2", "train.epochs=2", "train.ema=0.5")
     assert result.returncode == 0, result.stderr
+    return folder, result
+
+
+def test_two_processes_match_one_with_the_same_global_batch(
+    project: Path, one_process_weights: dict[str, torch.Tensor]
+) -> None:
+    result = train(project, *STABLE, "train.nproc=2", hook=WITHOUT_BATCHNORM)
+    assert result.returncode == 0, result.stderr
+    two = weights(project)
+    assert one_process_weights.keys() == two.keys()
+    for name in one_process_weights:
+        assert torch.allclose(one_process_weights[name], two[name], **TOLERANCE), name
+
+
+def test_two_processes_write_one_set_of_outputs(
+    two_process_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    project, result = two_process_run
     assert "starting 2 worker processes" in result.stderr
     assert json.loads((project / "reports" / "train.json").read_text())["processes"] == 2
     assert sorted(path.name for path in (project / "models").iterdir()) == ["model.safetensors"]
-    assert list((project / "checkpoints").iterdir()) == []
+    assert list((project / "checkpoints").iterdir()) == []  # one was written each epoch
     assert sorted(path.name for path in (project / "metrics").iterdir()) == ["train.json", "train_log.tsv"]
     assert sorted(path.name for path in (project / "reports").iterdir()) == ["train.json"]
-    assert result.stderr.count("epoch 4 ") == 1  # only rank 0 logs
+    assert result.stderr.count("epoch 2 ") == 1  # only rank 0 logs
 
 
 def test_a_dying_worker_fails_the_run_cleanly(project: Path) -> None:
@@ -141,7 +176,9 @@ def test_a_dying_worker_fails_the_run_cleanly(project: Path) -> None:
     assert not (project / "metrics").exists()
 
 
-def test_two_process_checkpoint_resumes_in_one_process(project: Path, tmp_path: Path) -> None:
+def test_two_process_checkpoint_resumes_in_one_process(
+    project: Path, one_process_weights: dict[str, torch.Tensor]
+) -> None:
     hook = WITHOUT_BATCHNORM + kill_rank_1_at_step(10)  # dies in epoch 3 (4 steps an epoch)
     failed = train(project, "train.lr=0.05", "train.nproc=2", hook=hook)
     assert failed.returncode == 1
@@ -152,11 +189,9 @@ def test_two_process_checkpoint_resumes_in_one_process(project: Path, tmp_path: 
     assert f"resuming from checkpoints/{saved.name} at epoch 3, step 0" in resumed.stderr
     # a worker's thread count is its share beside the other: one process takes its own share
     assert "thread(s) the run was checkpointed with" not in resumed.stderr
-    straight = sibling(project, "straight")
-    assert train(straight, "train.lr=0.05", hook=WITHOUT_BATCHNORM).returncode == 0
-    one, resumed_weights = weights(straight), weights(project)
-    for name in one:
-        assert torch.allclose(one[name], resumed_weights[name], **TOLERANCE), name
+    resumed_weights = weights(project)
+    for name in one_process_weights:
+        assert torch.allclose(one_process_weights[name], resumed_weights[name], **TOLERANCE), name
 
 
 def free_port() -> int:
@@ -165,12 +200,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_two_nodes_launched_by_torchrun_match_one_process(project: Path) -> None:
+def test_two_nodes_launched_by_torchrun_match_one_process(
+    project: Path, one_process_weights: dict[str, torch.Tensor]
+) -> None:
     """Two `torchrun` launches, one process each, meet through c10d rendezvous on 127.0.0.1 as two
     nodes (sharing the project folder, as nodes share a file system) and train one model."""
-    stable = ["train.lr=0.05", "train.checkpoint_every=0"]
-    single = sibling(project, "single")
-    assert train(single, *stable, hook=WITHOUT_BATCHNORM).returncode == 0
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
     launcher += [
         "--rdzv-backend",
@@ -188,7 +222,7 @@ def test_two_nodes_launched_by_torchrun_match_one_process(project: Path) -> None
                 f"is_host={is_host}",
                 "--local-addr",
                 "127.0.0.1",
-                *stage_arguments(*stable),
+                *stage_arguments(*STABLE),
             ],
             cwd=project,
             env=environment(project, WITHOUT_BATCHNORM),
@@ -201,9 +235,9 @@ def test_two_nodes_launched_by_torchrun_match_one_process(project: Path) -> None
     outputs = [node.communicate(timeout=600) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert json.loads((project / "reports" / "train.json").read_text())["processes"] == 2
-    one, two = weights(single), weights(project)
-    for name in one:
-        assert torch.allclose(one[name], two[name], **TOLERANCE), name
+    two = weights(project)
+    for name in one_process_weights:
+        assert torch.allclose(one_process_weights[name], two[name], **TOLERANCE), name
 
 
 def test_one_process_under_torchrun_matches_the_plain_run_with_batchnorm(project: Path) -> None:
@@ -230,7 +264,7 @@ def test_one_process_under_torchrun_matches_the_plain_run_with_batchnorm(project
 
 
 def test_two_processes_with_compile(project: Path) -> None:
-    stable = ["train.lr=0.05", "train.checkpoint_every=0", "train.epochs=2"]
+    stable = [*STABLE, "train.epochs=2"]
     single = sibling(project, "single")
     assert train(single, *stable, hook=WITHOUT_BATCHNORM).returncode == 0
     # a CUDA toolkit without a GPU makes torch log "No CUDA runtime is found" as Inductor starts
@@ -245,11 +279,12 @@ def test_two_processes_with_compile(project: Path) -> None:
         assert torch.allclose(one[name], compiled[name], rtol=1e-3, atol=1e-4), name
 
 
-def test_logged_validation_is_that_of_the_saved_model(project: Path) -> None:
+def test_logged_validation_is_that_of_the_saved_model(
+    two_process_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     """Each process keeps its own BatchNorm statistics and weight average; the validation figures
     in the log must still be those of the weights that are saved."""
-    result = train(project, "train.nproc=2", "train.epochs=2", "train.ema=0.5", "train.checkpoint_every=0")
-    assert result.returncode == 0, result.stderr
+    project, _ = two_process_run
     logged = json.loads((project / "metrics" / "train.json").read_text())
     logged |= json.loads((project / "reports" / "train.json").read_text())  # val_loss is a detail
     prepared = project / "data" / "prepared"

@@ -14,17 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import (
-    FAST_TRAINING,
-    RECORDS,
-    REPO,
-    Server,
-    TinyArchive,
-    official_members,
-    records,
-    set_params,
-    write_archive,
-)
+from tests.conftest import FAST_TRAINING, REPO, Server, TinyArchive, make_tiny_archive, set_params
 
 pytestmark = pytest.mark.dvc
 BIN = Path(sys.executable).parent
@@ -76,9 +66,8 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository where `dvc repro` has run every stage, committed as "baseline": made once and
     copied by each test that starts from there (every stage's run takes a few seconds)."""
     folder = tmp_path_factory.mktemp("reproduced")
-    archive = folder / "mirror" / "cifar-10-binary.tar.gz"
-    sha256 = write_archive(archive, official_members(records(5 * RECORDS, seed=1), records(RECORDS, seed=2)))
-    repo = make_repository(folder / "repo", archive.as_uri(), sha256)
+    archive = make_tiny_archive(folder / "mirror" / "cifar-10-binary.tar.gz")
+    repo = make_repository(folder / "repo", archive.path.as_uri(), archive.sha256)
     dvc(repo, "repro")
     shell(repo, "git", "add", "-A")
     shell(repo, "git", "commit", "-qm", "baseline")
