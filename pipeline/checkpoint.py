@@ -23,7 +23,8 @@ from torch import Tensor
 
 from pipeline.errors import ModelFileError
 from pipeline.files import remove_stale_temporaries, write_bytes
-from pipeline.weights import METADATA_KEY, parse_metadata, read_safetensors, state_tensors
+from pipeline.model_card import METADATA_KEY, parse_metadata, read_metadata
+from pipeline.weights import read_safetensors, state_tensors
 
 FORMAT = "cifar10-checkpoint/1"
 SUFFIX = ".safetensors"
@@ -222,7 +223,7 @@ def describe_checkpoints(folder: Path) -> list[CheckpointInfo]:
         step: int | None = None
         params: dict[str, Any] | None = None
         try:
-            _, raw = read_safetensors(path, "checkpoint", tensors=False)
+            raw = read_metadata(path, "checkpoint")
             metadata = parse_metadata(raw, FORMAT, path, "checkpoint")
             epoch, step, params = int(metadata["epoch"]), int(metadata["step"]), metadata.get("params")
         except (ModelFileError, KeyError, ValueError, TypeError):

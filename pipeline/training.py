@@ -61,10 +61,10 @@ from pipeline.engine import (
 from pipeline.errors import PipelineError, TrainingInterrupted
 from pipeline.hardware import IsaClass, cpu_class, settings_for
 from pipeline.model import build_model
+from pipeline.model_card import ModelCard
 from pipeline.params import ModelParams, TrainParams, trained_params, training_digest
 from pipeline.progress import progress
 from pipeline.step import CudaGraphStep, WeightAverage, learning_rate_factor
-from pipeline.weights import ModelCard
 
 logger = logging.getLogger(__name__)
 

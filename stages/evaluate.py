@@ -29,7 +29,7 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
         from pipeline.evaluation import evaluate_model
         from pipeline.files import write_json, write_text
         from pipeline.metrics import EVAL_FIGURES, split_figures
-        from pipeline.weights import check_trained_with, read_card
+        from pipeline.model_card import check_trained_with, read_card
 
         with stage_lock("evaluate"):
             load_meta(PREPARED, params.preprocess)  # data made with other preprocess params: refused now

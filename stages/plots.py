@@ -25,7 +25,7 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
         params = read_params(params_file, overrides)
         from pipeline import plots
         from pipeline.data import load_meta, load_split
-        from pipeline.weights import check_trained_with, read_card
+        from pipeline.model_card import check_trained_with, read_card
 
         with stage_lock("plots"):
             source = f"{params_file}{' with -S' if overrides else ''}"

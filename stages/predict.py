@@ -39,9 +39,9 @@ def command(
     trained with the params there.
     """
     with user_errors():
+        from pipeline.model_card import check_trained_with, read_card
         from pipeline.params import SHIPPED_EVALUATE, EvaluateParams
         from pipeline.predict import classify
-        from pipeline.weights import check_trained_with, read_card
 
         if params_file == DEFAULT_PARAMS and not params_file.exists() and not overrides:
             configure_logging()

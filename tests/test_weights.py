@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from pipeline.errors import ModelFileError
 from pipeline.model import build_model
-from pipeline.weights import ModelCard, load_model, save_model
+from pipeline.model_card import ModelCard
+from pipeline.weights import load_model, save_model
 
 CARD = ModelCard(
     arch="tutorial",
