@@ -386,6 +386,15 @@ def test_evaluate_plots_and_predict_refuse_a_model_of_other_params(trained: Path
     )
 
 
+def test_a_non_finite_loss_leaves_the_last_good_outputs(trained: Path) -> None:
+    names = ("models/model.safetensors", "metrics/train.json", "metrics/train_log.tsv")
+    outputs = [trained / name for name in names]
+    before = [path.read_bytes() for path in outputs]
+    result = invoke("train", *fast(), "-S", "train.lr=1e30", "-S", "train.momentum=0.99")
+    assert_one_line_error(result, 1, "NaN or infinite")
+    assert [path.read_bytes() for path in outputs] == before
+
+
 def test_train_writes_no_model_when_params_change_while_it_runs(
     trained: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,12 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import pipeline.cores as cores
+import pipeline.training as training
 from pipeline.checkpoint import load_checkpoint
 from pipeline.data import load_meta, load_split, preprocess
 from pipeline.engine import DeviceSplit, InputTransform, evaluate
-from pipeline.params import PreprocessParams
+from pipeline.params import PreprocessParams, load_params
 from pipeline.weights import load_model
 from tests.conftest import FAST_TRAINING, REPO, make_tiny_archive
+from tests.small_network import small_network
 
 # fp32, so that two processes and one agree up to floating-point summation order
 SETTINGS = [
@@ -105,21 +108,25 @@ def kill_rank_1_at_step(step: int) -> str:
     """)
 
 
-# BatchNorm normalises with each process's own half batch (PyTorch's SyncBatchNorm, which would make
-# them global, runs on CUDA only), so the exact comparison swaps in a network without BatchNorm.
+# the exact comparisons swap in a network without BatchNorm, in every worker process
 WITHOUT_BATCHNORM = textwrap.dedent("""
-    import torch.nn as nn
     import pipeline.training as training
-    def small_network(arch, width, classes):
-        layers = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()]
-        return nn.Sequential(*layers, nn.Linear(32, classes))
+    from tests.small_network import small_network
     training.build_model = small_network
 """)
 
 
-def sibling(project: Path, name: str) -> Path:
-    """Another project folder sharing `project`'s prepared data."""
-    return project_folder(project.parent / name, (project / "data").resolve())
+def train_here(data: Path, folder: Path, *extra: str, batchnorm: bool = True) -> dict[str, torch.Tensor]:
+    """The weights one plain process trains with these settings: this one (a process of its own
+    would add seconds of imports), registered among trainings in a folder of its own."""
+    params = load_params(REPO / "params.yaml", [*SETTINGS, *extra])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cores, "registry_folder", lambda: folder / "registry")
+        if not batchnorm:
+            patch.setattr(training, "build_model", small_network)
+        outcome = training.train(params.model, params.train, data / "prepared", folder / "checkpoints")
+    assert outcome is not None
+    return outcome.state
 
 
 @pytest.fixture(scope="module")
@@ -127,10 +134,7 @@ def one_process_weights(
     tmp_path_factory: pytest.TempPathFactory, prepared_data: Path
 ) -> dict[str, torch.Tensor]:
     """What one process trains without BatchNorm (STABLE): the data-parallel runs must match it."""
-    single = project_folder(tmp_path_factory.mktemp("single") / "project", prepared_data)
-    result = train(single, *STABLE, hook=WITHOUT_BATCHNORM)
-    assert result.returncode == 0, result.stderr
-    return weights(single)
+    return train_here(prepared_data, tmp_path_factory.mktemp("single"), *STABLE, batchnorm=False)
 
 
 @pytest.fixture(scope="module")
@@ -244,9 +248,7 @@ def test_two_nodes_launched_by_torchrun_match_one_process(
 def test_one_process_under_torchrun_matches_the_plain_run_with_batchnorm(project: Path) -> None:
     """`torchrun --nproc-per-node 1` trains through DistributedDataParallel (gloo) with the real
     network, BatchNorm included: with one process it must give the plain run's weights."""
-    plain = sibling(project, "plain")
-    result = train(plain, "train.checkpoint_every=0")
-    assert result.returncode == 0, result.stderr
+    one = train_here((project / "data").resolve(), project.parent / "plain", "train.checkpoint_every=0")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
     under_torchrun = subprocess.run(
         [*launcher, *stage_arguments("train.checkpoint_every=0")],
@@ -258,24 +260,21 @@ def test_one_process_under_torchrun_matches_the_plain_run_with_batchnorm(project
     )
     assert under_torchrun.returncode == 0, under_torchrun.stderr
     assert json.loads((project / "reports" / "train.json").read_text())["processes"] == 1
-    one, ddp = weights(plain), weights(project)
+    ddp = weights(project)
     assert any("running_mean" in name for name in one)
     for name in one:
         torch.testing.assert_close(ddp[name], one[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_two_processes_with_compile(project: Path) -> None:
-    stable = [*STABLE, "train.epochs=2"]
-    single = sibling(project, "single")
-    assert train(single, *stable, hook=WITHOUT_BATCHNORM).returncode == 0
+def test_two_processes_with_compile(project: Path, one_process_weights: dict[str, torch.Tensor]) -> None:
     # a CUDA toolkit without a GPU makes torch log "No CUDA runtime is found" as Inductor starts
     toolkit = {"CUDA_HOME": str(project)}
     result = train(
-        project, *stable, "train.nproc=2", "train.compile=true", hook=WITHOUT_BATCHNORM, env=toolkit
+        project, *STABLE, "train.nproc=2", "train.compile=true", hook=WITHOUT_BATCHNORM, env=toolkit
     )
     assert result.returncode == 0, result.stderr
     assert "No CUDA runtime" not in result.stderr  # not a problem on a CPU run: not shown
-    one, compiled = weights(single), weights(project)
+    one, compiled = one_process_weights, weights(project)
     for name in one:  # other kernels, other rounding: close, not equal
         assert torch.allclose(one[name], compiled[name], rtol=1e-3, atol=1e-4), name
 

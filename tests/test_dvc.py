@@ -176,12 +176,27 @@ def test_repro_experiments_run_cache_and_comparisons(repo: Path, http_server: Se
     assert hashlib.md5((repo / "registered.safetensors").read_bytes()).hexdigest() == model_md5
 
 
-def test_a_queued_sweep_runs_each_point_in_parallel_workspaces(baseline: Path) -> None:
+def with_printed_line(original: str, text: str) -> str:
+    """stages/plots.py printing `text` as it writes the pictures (printed: DVC shows a queued stage's
+    stdout, not its log on stderr)."""
+    anchor = '        logger.info("wrote %s/learning_curves.png'
+    assert anchor in original
+    return original.replace(anchor, f'        print("{text}", flush=True)\n{anchor}')
+
+
+def test_a_queued_sweep_runs_each_point_in_parallel_workspaces_with_the_code_it_was_queued_with(
+    baseline: Path,
+) -> None:
     repo = baseline
+    plots = repo / "stages" / "plots.py"
+    original = plots.read_text()
+    plots.write_text(with_printed_line(original, "code the experiment was queued with"))
     dvc(repo, "exp", "run", "--queue", "-S", "train.lr=0.05,0.4")
+    plots.write_text(original)  # the workspace goes back; the queued experiments keep their code
     # two workers: each training takes its share of the cores by itself (pipeline/cores.py)
     output = dvc_log(repo, "exp", "run", "--run-all", "--jobs", "2")
     assert "Ran experiment(s)" in output, output
+    assert output.count("code the experiment was queued with") == 2, output
     table = json.loads(dvc(repo, "exp", "show", "--json"))
     experiments = [
         experiment["revs"][0]["data"]
@@ -217,29 +232,17 @@ def columns(width: int) -> dict[str, str]:
     return {**os.environ, "COLUMNS": str(width)}
 
 
-def test_every_stage_runs_the_code_of_its_own_workspace(baseline: Path, tmp_path: Path) -> None:
-    """A queued experiment runs the code it was queued with, not the workspace's; an installed copy
-    of the packages (what `pip install .` leaves) never stands in for the checkout's code."""
+def test_stages_run_the_checkouts_code_never_an_installed_copy(baseline: Path, tmp_path: Path) -> None:
+    """An installed copy of the packages (what `pip install .` leaves) never stands in for the
+    checkout's code (the queued sweep above checks that a queued run keeps the code it was queued
+    with)."""
     repo = baseline
     plots = repo / "stages" / "plots.py"
-    original = plots.read_text()
-    anchor = '        logger.info("wrote %s/learning_curves.png'
-
-    def with_line(text: str) -> str:  # printed: DVC shows a queued stage's stdout, not its log (stderr)
-        assert anchor in original
-        return original.replace(anchor, f'        print("{text}", flush=True)\n{anchor}')
-
-    plots.write_text(with_line("code the experiment was queued with"))
-    dvc(repo, "exp", "run", "--queue", "-n", "codecheck")
-    plots.write_text(original)  # the workspace goes back; the queued experiment keeps its code
-    output = dvc_log(repo, "exp", "run", "--run-all")
-    assert "code the experiment was queued with" in output, output
-
     stale = tmp_path / "site-packages"
     for package in ("pipeline", "stages"):
         shutil.copytree(repo / package, stale / package, ignore=shutil.ignore_patterns("__pycache__"))
     (stale / "stages" / "plots.py").write_text('raise SystemExit("the installed copy ran")\n')
-    plots.write_text(with_line("code of the checkout"))
+    plots.write_text(with_printed_line(plots.read_text(), "code of the checkout"))
     output = dvc_log(repo, "repro", env={**os.environ, "PYTHONPATH": str(stale)})
     assert "code of the checkout" in output and "installed copy" not in output, output
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from torch import Tensor
 
 import pipeline.cores as cores
 import pipeline.training as training
@@ -321,7 +323,8 @@ def test_damaged_checkpoint_is_a_clear_error(prepared: Path, tmp_path: Path, dam
     elif damage == "random bytes":
         checkpoint.write_bytes(os.urandom(4096))
     else:
-        from pipeline.weights import ModelCard, save_model
+        from pipeline.model_card import ModelCard
+        from pipeline.weights import save_model
 
         card = ModelCard("tutorial", 4, ["a"] * 10, [0.5] * 3, [0.2] * 3, True, "x", "2")
         save_model(checkpoint, {"w": torch.ones(3)}, card)
@@ -362,12 +365,26 @@ def settings(*extra: str) -> list[str]:
     return [f"--set={item}" for item in (*FAST_TRAINING, *extra)]
 
 
-def test_sigint_to_a_training_process_checkpoints_and_resume_matches(cli_project: Path) -> None:
-    options = settings("train.epochs=40", "model.arch=tutorial", "train.checkpoint_every=0")
-    straight = run_cli(cli_project, "train", *options)
-    assert straight.wait(timeout=300) == 0, straight.communicate()
-    weights = (cli_project / "models" / "model.safetensors").read_bytes()
-    (cli_project / "models" / "model.safetensors").unlink()
+def uninterrupted_weights(cli_project: Path, tmp_path: Path, *overrides: str) -> dict[str, Tensor]:
+    """The weights of the same run uninterrupted, trained in this process (a process of its own
+    would add seconds of imports): same params, same thread count as `run_cli`'s."""
+    outcome = run(fast(*overrides), cli_project / "data" / "prepared", tmp_path / "uninterrupted")
+    return outcome.state
+
+
+def assert_saved_weights_are(project: Path, expected: dict[str, Tensor]) -> None:
+    saved = load_file(str(project / "models" / "model.safetensors"))
+    assert saved.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(saved[name], tensor), name  # bit for bit
+
+
+def test_sigint_to_a_training_process_checkpoints_and_resume_matches(
+    cli_project: Path, tmp_path: Path
+) -> None:
+    overrides = ("train.epochs=40", "model.arch=tutorial", "train.checkpoint_every=0")
+    options = settings(*overrides)
+    weights = uninterrupted_weights(cli_project, tmp_path, *overrides)
 
     process = run_cli(cli_project, "train", *options)
     assert process.stderr is not None
@@ -391,15 +408,14 @@ def test_sigint_to_a_training_process_checkpoints_and_resume_matches(cli_project
     _, errors = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, errors
     assert "resuming from" in errors
-    assert (cli_project / "models" / "model.safetensors").read_bytes() == weights
+    assert_saved_weights_are(cli_project, weights)
     assert list((cli_project / "checkpoints").iterdir()) == []
 
 
-def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one(cli_project: Path) -> None:
-    options = settings("train.epochs=4", "train.checkpoint_every=1")
-    straight = run_cli(cli_project, "train", *options)
-    assert straight.wait(timeout=300) == 0
-    weights = (cli_project / "models" / "model.safetensors").read_bytes()
+def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one(cli_project: Path, tmp_path: Path) -> None:
+    overrides = ("train.epochs=4", "train.checkpoint_every=1")
+    options = settings(*overrides)
+    weights = uninterrupted_weights(cli_project, tmp_path, *overrides)
 
     killer = """
         import os, signal
@@ -426,24 +442,11 @@ def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one(cli_project: P
     (saved,) = folder.glob("*.safetensors")
     assert load_checkpoint(saved).epoch == 2
 
-    (cli_project / "models" / "model.safetensors").unlink()
     resumed = run_cli(cli_project, "train", *options)
     _, errors = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, errors
-    assert (cli_project / "models" / "model.safetensors").read_bytes() == weights
+    assert_saved_weights_are(cli_project, weights)
     assert list(folder.iterdir()) == []
-
-
-def test_non_finite_loss_leaves_the_last_good_outputs(cli_project: Path) -> None:
-    models = cli_project / "models"
-    models.mkdir()
-    (models / "model.safetensors").write_bytes(b"last good weights")
-    process = run_cli(cli_project, "train", *settings("train.lr=1e30", "train.momentum=0.99"))
-    _, errors = process.communicate(timeout=300)
-    assert process.returncode == 1
-    assert "NaN or infinite" in errors and "Traceback" not in errors
-    assert (models / "model.safetensors").read_bytes() == b"last good weights"
-    assert not (cli_project / "metrics").exists()
 
 
 def test_compile_auto_follows_the_device_and_the_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
