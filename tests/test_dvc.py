@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,9 @@ pytestmark = pytest.mark.dvc
 BIN = Path(sys.executable).parent
 
 
-def shell(repo: Path, *command: str, env: dict[str, str] | None = None, stderr: bool = False) -> str:
+def shell(
+    repo: Path, *command: str, env: dict[str, str] | None = None, stderr: bool = False, timeout: float = 600
+) -> str:
     """Run a command in `repo`; its stdout (with `stderr`, both streams), asserting success."""
     env = {
         **(env or os.environ),
@@ -31,7 +35,7 @@ def shell(repo: Path, *command: str, env: dict[str, str] | None = None, stderr: 
         "GIT_COMMITTER_NAME": "test",
         "GIT_COMMITTER_EMAIL": "test@example.com",
     }
-    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout}\n{result.stderr}"
     return result.stdout + (result.stderr if stderr else "")
 
@@ -84,9 +88,9 @@ def dvc(repo: Path, *arguments: str, env: dict[str, str] | None = None) -> str:
     return shell(repo, str(BIN / "dvc"), *arguments, env=env)
 
 
-def dvc_log(repo: Path, *arguments: str, env: dict[str, str] | None = None) -> str:
+def dvc_log(repo: Path, *arguments: str, env: dict[str, str] | None = None, timeout: float = 600) -> str:
     """All that a dvc command prints, both streams: what a user reads."""
-    return shell(repo, str(BIN / "dvc"), *arguments, env=env, stderr=True)
+    return shell(repo, str(BIN / "dvc"), *arguments, env=env, stderr=True, timeout=timeout)
 
 
 def stage_lines(output: str) -> dict[str, str]:
@@ -194,9 +198,9 @@ def test_a_queued_sweep_runs_each_point_in_parallel_workspaces_with_the_code_it_
     dvc(repo, "exp", "run", "--queue", "-S", "train.lr=0.05,0.4")
     plots.write_text(original)  # the workspace goes back; the queued experiments keep their code
     # two workers: each training takes its share of the cores by itself (pipeline/cores.py)
-    output = dvc_log(repo, "exp", "run", "--run-all", "--jobs", "2")
-    assert "Ran experiment(s)" in output, output
-    assert output.count("code the experiment was queued with") == 2, output
+    tasks = run_the_queue(repo, jobs=2)
+    for task in tasks:
+        assert "code the experiment was queued with" in dvc(repo, "queue", "logs", task), task
     table = json.loads(dvc(repo, "exp", "show", "--json"))
     experiments = [
         experiment["revs"][0]["data"]
@@ -226,6 +230,34 @@ def test_a_queued_sweep_runs_each_point_in_parallel_workspaces_with_the_code_it_
     assert header[0] == "Experiment" and "loss" in header and "train.lr" in header, table
     rows = [line.split() for line in table.splitlines() if line.strip().startswith(("├", "└"))]
     assert sorted(row[header.index("train.lr") + 2] for row in rows) == ["0.05", "0.4"], table
+
+
+def run_the_queue(repo: Path, jobs: int) -> list[str]:
+    """`dvc exp run --run-all --jobs N`; the queue's tasks, each asserted to have succeeded.
+
+    With 2 workers on 2 busy cores DVC's command sometimes never returns although every experiment
+    has finished and been recorded (2 runs of this test in about 30): a worker whose idle monitor
+    got no answer from it in time (dvc-task asks with a 1 s timeout) shuts down mid-task and never
+    exits, and the command waits on it. Races of DVC's queue workers are reported upstream
+    (treeverse/dvc#10673). Then the queue's own status decides, and the stuck worker is stopped."""
+    try:
+        output = dvc_log(repo, "exp", "run", "--run-all", "--jobs", str(jobs), timeout=300)
+        assert "Ran experiment(s)" in output, output
+    except subprocess.TimeoutExpired:
+        stop_queue_workers(repo)
+    rows = [line.split() for line in dvc(repo, "queue", "status").splitlines()[1:] if line.strip()]
+    tasks = [row for row in rows if not row[0].startswith("Worker")]
+    assert tasks and all(row[-1] == "Success" for row in tasks), rows
+    return [row[0] for row in tasks]
+
+
+def stop_queue_workers(repo: Path) -> None:
+    """Kill the queue's worker processes that have not exited (DVC keeps their pids in .dvc/tmp)."""
+    for record in (repo / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"):
+        worker = json.loads(record.read_text())
+        if worker.get("returncode") is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(worker["pid"]), signal.SIGKILL)
 
 
 def columns(width: int) -> dict[str, str]:
