@@ -6,7 +6,9 @@ params made a model (plots, and the checks of evaluate and predict) stay light.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,26 +66,25 @@ def parse_metadata(metadata: dict[str, str], expected_format: str, source: Path,
     return values
 
 
-def check_safetensors_file(path: Path, kind: str) -> None:
-    """A missing path or a folder where a safetensors file should be is a ModelFileError."""
+@contextlib.contextmanager
+def open_safetensors(path: Path, kind: str, framework: str) -> Iterator[Any]:
+    """A safetensors file opened for reading; a missing path, a folder, or a file that is damaged
+    (here or while its tensors are read in the `with` block) is one ModelFileError."""
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a {kind}")
     if not path.is_file():
         raise ModelFileError(f"{path}: {kind} not found")
-
-
-def damaged(path: Path, kind: str, error: Exception) -> ModelFileError:
-    return ModelFileError(f"{path}: truncated or not a safetensors {kind} ({error})")
+    try:
+        with safe_open(str(path), framework=framework) as handle:
+            yield handle
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: truncated or not a safetensors {kind} ({error})") from None
 
 
 def read_metadata(path: Path, kind: str) -> dict[str, str]:
-    """The metadata of a safetensors file, from its header; a missing or damaged file is a ModelFileError."""
-    check_safetensors_file(path, kind)
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            return handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise damaged(path, kind, error) from None
+    """The metadata of a safetensors file, from its header alone (numpy's framework: no torch)."""
+    with open_safetensors(path, kind, "numpy") as handle:
+        return handle.metadata() or {}
 
 
 def read_card(path: Path) -> ModelCard:

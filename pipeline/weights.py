@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
@@ -13,7 +12,7 @@ from pipeline.engine import place_model
 from pipeline.errors import ModelFileError
 from pipeline.files import write_bytes
 from pipeline.model import build_model
-from pipeline.model_card import ModelCard, check_safetensors_file, damaged
+from pipeline.model_card import ModelCard, open_safetensors
 
 
 def state_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -28,14 +27,8 @@ def save_model(path: Path, state: dict[str, Tensor], card: ModelCard) -> None:
 def read_safetensors(path: Path, kind: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     """The tensors and the metadata of a safetensors file; a missing or damaged file is a
     ModelFileError."""
-    check_safetensors_file(path, kind)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            values = {name: handle.get_tensor(name) for name in list(handle.keys())}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise damaged(path, kind, error) from None
-    return values, metadata
+    with open_safetensors(path, kind, "pt") as handle:
+        return {name: handle.get_tensor(name) for name in list(handle.keys())}, handle.metadata() or {}
 
 
 def load_model(path: Path, device: torch.device) -> tuple[nn.Module, ModelCard]:
