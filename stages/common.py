@@ -57,7 +57,8 @@ def configure_logging() -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler.set_name("cifar10")
-    for name in ("pipeline", "stages"):
+    # "__main__": a stage module's own logger when dvc.yaml runs it as `python -m stages.<stage>`
+    for name in ("pipeline", "stages", "__main__"):
         logger = logging.getLogger(name)
         logger.handlers = [existing for existing in logger.handlers if existing.get_name() != "cifar10"]
         logger.addHandler(handler)

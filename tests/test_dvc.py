@@ -110,6 +110,8 @@ def test_repro_experiments_run_cache_and_comparisons(repo: Path, http_server: Se
 
     output = dvc_log(repo, "repro")
     assert "WARNING" not in output, output  # nothing a user would take for a problem
+    # each stage's own closing line, logged by the module dvc.yaml runs as __main__
+    assert "test accuracy" in output and "wrote plots/learning_curves.png" in output, output
     assert len(http_server.state.requests) == 1
     eval_before = json.loads((repo / "metrics/eval.json").read_text())
     assert json.loads((repo / "metrics/train.json").read_text())["epoch"] == 1
