@@ -27,17 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pipeline.checkpoint import (
-    Checkpoint,
-    Retention,
-    capture_rng,
-    checkpoint_path,
-    load_checkpoint,
-    prune_checkpoints,
-    remove_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
+from pipeline.checkpoint import Checkpoint, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from pipeline.checkpoint_folder import Retention, checkpoint_path, prune_checkpoints, remove_checkpoint
 from pipeline.cores import choose_threads, register_training
 from pipeline.data import load_meta, load_split
 from pipeline.distributed import Distributed

@@ -29,7 +29,7 @@ def command(remove: Remove = None, remove_all: RemoveAll = False) -> None:
     """
     with user_errors():
         configure_logging()
-        from pipeline.checkpoint import describe_checkpoints, remove_checkpoint
+        from pipeline.checkpoint_folder import describe_checkpoints, remove_checkpoint
         from pipeline.errors import PipelineError
         from pipeline.params import flatten
 

@@ -64,7 +64,7 @@ def command(
     with user_errors():
         params = read_params(params_file, overrides)
         from pipeline import distributed
-        from pipeline.checkpoint import Retention, remove_checkpoint
+        from pipeline.checkpoint_folder import Retention, remove_checkpoint
         from pipeline.data import load_meta
         from pipeline.engine import resolve_device
         from pipeline.errors import ParamsError, PipelineError

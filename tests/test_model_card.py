@@ -25,12 +25,16 @@ def test_the_card_is_read_back_and_a_damaged_file_is_refused(tmp_path: Path) -> 
         read_card(path)
 
 
-def test_the_plots_stage_imports_no_torch() -> None:
-    """What `cifar10 plots` imports to check the model's card and draw: importing torch alone takes
-    seconds, more than drawing the pictures."""
-    code = (
-        "import sys, stages.plots, pipeline.plots, pipeline.data, pipeline.model_card; "
-        "print('torch' in sys.modules)"
-    )
+@pytest.mark.parametrize(
+    "modules",
+    [
+        "stages.plots, pipeline.plots, pipeline.data, pipeline.model_card",  # checks the card, draws
+        "stages.checkpoints, pipeline.checkpoint_folder",  # lists checkpoints from their headers
+    ],
+)
+def test_commands_that_read_only_headers_import_no_torch(modules: str) -> None:
+    """`cifar10 plots` and `cifar10 checkpoints` read safetensors headers only: importing torch
+    alone takes seconds, more than drawing the pictures or listing the files."""
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -21,7 +21,8 @@ from torch import Tensor
 
 import pipeline.cores as cores
 import pipeline.training as training
-from pipeline.checkpoint import Retention, checkpoint_path, load_checkpoint, prune_checkpoints
+from pipeline.checkpoint import load_checkpoint
+from pipeline.checkpoint_folder import Retention, checkpoint_path, prune_checkpoints
 from pipeline.data import load_meta, preprocess
 from pipeline.errors import ModelFileError, PipelineError, TrainingInterrupted
 from pipeline.params import Params, PreprocessParams, load_params, training_digest
