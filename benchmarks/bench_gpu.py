@@ -54,13 +54,14 @@ REPO = Path(__file__).resolve().parent.parent
 # ones add airbench's alternating flip (train.augment.flip=alternate), `-b1000` batch 1000, `-b250`
 # batch 250, `-eager` no torch.compile (the step still captured: no compile time in the first
 # epoch, slower later ones), `-heuristic-cudnn` cuDNN's heuristics instead of timing its algorithms
-# in the first steps; none measured on a GPU yet.
+# in the first steps, `-muon` Muon for the convolution filters; none measured on a GPU yet.
 FAST = ["train.label_smoothing=0.2", "train.augment.cutout=0"]
-FAST_17_ALTERNATE = ["train.epochs=17", *FAST, "train.augment.flip=alternate"]
+FAST_ALTERNATE = [*FAST, "train.augment.flip=alternate"]
+FAST_17_ALTERNATE = ["train.epochs=17", *FAST_ALTERNATE]
 FAST_RECIPES: dict[str, list[str]] = {
     "fast-22": ["train.epochs=22", *FAST],
     "fast-20": ["train.epochs=20", *FAST],
-    "fast-20-alternate": ["train.epochs=20", *FAST, "train.augment.flip=alternate"],
+    "fast-20-alternate": ["train.epochs=20", *FAST_ALTERNATE],
     "fast-17-alternate": FAST_17_ALTERNATE,
     # half the steps, each twice the images: the peak lr scaled with the batch (0.2 per 500)
     "fast-17-b1000-alternate": [*FAST_17_ALTERNATE, "train.batch_size=1000", "train.lr=0.4"],
@@ -68,6 +69,9 @@ FAST_RECIPES: dict[str, list[str]] = {
     "fast-17-b250-alternate": [*FAST_17_ALTERNATE, "train.batch_size=250", "train.lr=0.1"],
     "fast-17-heuristic-cudnn-alternate": [*FAST_17_ALTERNATE, "train.cudnn_benchmark=false"],
     "fast-17-eager-alternate": [*FAST_17_ALTERNATE, "train.compile=false"],
+    # Muon for the filters (pipeline/muon.py; params.yaml's train.muon_lr and muon_momentum)
+    "fast-17-muon-alternate": [*FAST_17_ALTERNATE, "train.optimizer=muon"],
+    "fast-14-muon-alternate": ["train.epochs=14", *FAST_ALTERNATE, "train.optimizer=muon"],
 }
 TINY = [
     "model.width=4",

@@ -29,6 +29,7 @@ from pipeline.convolution import use_small_map_convolutions
 from pipeline.data import Split
 from pipeline.errors import PipelineError
 from pipeline.hardware import NATIVE_BF16, IsaClass, cpu_class, settings_for
+from pipeline.muon import MuonWithSgd
 from pipeline.params import TrainParams
 from pipeline.step import CudaGraphStep, DeviceTotals, LearningRate, TrainStep, WeightAverage
 
@@ -190,7 +191,8 @@ class InputTransform:
 
 
 def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or Adam, with weight decay on conv and linear weights only, never on BN or biases."""
+    """SGD (Nesterov), Adam, or Muon for the filters with SGD for the rest (pipeline.muon); weight
+    decay on conv and linear weights only, never on BN or biases (nor on Muon's filters)."""
     decay = [parameter for parameter in model.parameters() if parameter.ndim > 1]
     no_decay = [parameter for parameter in model.parameters() if parameter.ndim <= 1]
     groups = [
@@ -200,6 +202,26 @@ def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimi
     # One fused kernel per step on CUDA, safe to capture in a CUDA graph (Adam keeps its step
     # count on the device); on the CPU the foreach (multi-tensor) path is the fast one.
     on_cuda = next(model.parameters()).is_cuda
+    if params.optimizer == "muon":
+        filters = [parameter for parameter in decay if parameter.ndim == 4]
+        other_decay = [parameter for parameter in decay if parameter.ndim != 4]
+        return MuonWithSgd(
+            [
+                # No weight decay: Muon holds each filter bank at a fixed norm.
+                {
+                    "params": filters,
+                    "muon": True,
+                    "momentum": params.muon_momentum,
+                    "lr_ratio": params.muon_lr / params.lr,
+                },
+                {"params": other_decay, "weight_decay": params.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=params.lr,
+            momentum=params.momentum,
+            nesterov=params.nesterov,
+            fused=on_cuda,
+        )
     if params.optimizer == "sgd":
         return torch.optim.SGD(
             groups,

@@ -102,10 +102,12 @@ class TrainParams(Section):
     cudnn_benchmark: bool  # CUDA: time cuDNN's convolution algorithms at first use; false: its heuristics
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)  # global: images per optimizer step over all processes
-    optimizer: Literal["sgd", "adam"]
+    optimizer: Literal["sgd", "adam", "muon"]  # muon: Muon for conv filters, SGD for the rest
     lr: float = Field(gt=0)  # peak learning rate
     momentum: float = Field(ge=0, lt=1)  # SGD momentum; Adam's beta1
     adam_beta2: float = Field(ge=0, lt=1)  # Adam's second-moment decay; unused by SGD
+    muon_lr: float = Field(gt=0)  # muon: peak step of the filters, a fraction of their norm
+    muon_momentum: float = Field(ge=0, lt=1)  # muon: the filters' momentum
     nesterov: bool
     weight_decay: float = Field(ge=0)  # not applied to BatchNorm and bias parameters
     schedule: Literal["onecycle", "cosine", "constant"]
@@ -130,7 +132,7 @@ class TrainParams(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainParams:
-        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
+        if self.nesterov and self.optimizer in ("sgd", "muon") and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
         if self.batch_size % self.nproc:
             raise ValueError(

@@ -274,9 +274,11 @@ def make_setup(model: nn.Module, data: DeviceSplit, params: TrainParams) -> Trai
     )
 
 
-def test_overfitting_64_images_drives_the_loss_down() -> None:
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_overfitting_64_images_drives_the_loss_down(optimizer: str) -> None:
     torch.manual_seed(0)
     params = train_params(
+        f"train.optimizer={optimizer}",
         "train.epochs=30",
         "train.batch_size=16",
         "train.lr=0.05",
@@ -392,8 +394,15 @@ def test_device_learning_rate_follows_the_schedule_step_by_step() -> None:
     assert all(group["lr"] is shared for group in on_device.param_groups)
 
 
-def test_sgd_with_the_learning_rate_as_a_tensor_updates_like_a_float() -> None:
-    params = train_params("train.lr=0.25", "train.augment.cutout=4", "train.batch_size=10", "train.epochs=2")
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_the_learning_rate_as_a_tensor_updates_like_a_float(optimizer: str) -> None:
+    params = train_params(
+        f"train.optimizer={optimizer}",
+        "train.lr=0.25",
+        "train.augment.cutout=4",
+        "train.batch_size=10",
+        "train.epochs=2",
+    )
     weights = []
     for on_device in (False, True):
         torch.manual_seed(0)
@@ -466,12 +475,15 @@ def test_a_capture_says_how_long_it_took_then_only_replays(
         assert torch.equal(model.state_dict()[name], tensor), name
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
 def test_a_failed_capture_warns_once_and_trains_exactly_as_uncaptured(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, optimizer: str
 ) -> None:
     """The warm-up steps before a capture change weights, momentum, BatchNorm statistics and the
     weight average; after a failed capture all of it is put back, so the run is unchanged."""
-    params = train_params("train.batch_size=10", "train.epochs=2", "train.augment.cutout=4")
+    params = train_params(
+        f"train.optimizer={optimizer}", "train.batch_size=10", "train.epochs=2", "train.augment.cutout=4"
+    )
     results = []
     for captured in (False, True):
         torch.manual_seed(0)

@@ -144,11 +144,16 @@ def test_a_training_counts_among_the_running_ones_from_before_its_set_up(
     assert counted == [1] and cores.running_trainings(training_registry) == 0
 
 
-@pytest.mark.parametrize("stop_step", [2, 6, 8])  # mid-epoch, mid-epoch later, on an epoch boundary
+@pytest.mark.parametrize(
+    ("stop_step", "optimizer"),
+    # mid-epoch, mid-epoch later, on an epoch boundary; Muon's momentum is state too
+    [(2, "sgd"), (6, "sgd"), (8, "sgd"), (6, "muon")],
+)
 def test_interrupt_then_resume_is_bit_identical(
-    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_step: int
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_step: int, optimizer: str
 ) -> None:
-    params = fast("train.epochs=4", "train.ema=0.9")  # 4 steps an epoch; the weight average is state too
+    # 4 steps an epoch; the weight average is state too
+    params = fast("train.epochs=4", "train.ema=0.9", f"train.optimizer={optimizer}")
     straight = run(params, prepared, tmp_path / "straight")
     checkpoints = tmp_path / "resumed"
     with monkeypatch.context() as patch:
