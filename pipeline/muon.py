@@ -1,7 +1,7 @@
 """Muon for the convolution filters and Nesterov SGD for everything else, as one optimizer.
 
-Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers", the optimizer of the 2024-25
-CIFAR-10 speed runs) takes each filter bank's Nesterov-momentum update as a matrix
+Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks", the optimizer
+of the 2024-25 CIFAR-10 speed runs) takes each filter bank's Nesterov-momentum update as a matrix
 [out channels, in channels x kernel taps] and replaces it by a nearby matrix whose singular values
 are all about 1, so every direction of the bank moves at the same rate whatever the gradient's
 scale. Before its step each bank is rescaled to a Frobenius norm of sqrt(out channels): BatchNorm
