@@ -22,10 +22,18 @@ import pytest
 import yaml
 
 import pipeline.cores as cores
+from pipeline.params import TrainParams, load_params
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 RECORDS = 20  # per batch file: 5 train batches and a test batch
+
+
+def train_params(*overrides: str) -> TrainParams:
+    """The `train` section of the shipped params.yaml with `-S`-style overrides."""
+    return load_params(REPO / "params.yaml", list(overrides)).train
+
+
 # Settings that keep training on 100 images at width 4 to well under a second per epoch.
 FAST_TRAINING = [
     "preprocess.val_size=20",

@@ -36,15 +36,11 @@ from pipeline.engine import (
 )
 from pipeline.errors import PipelineError
 from pipeline.model import build_model
-from pipeline.params import AugmentParams, TrainParams, load_params
+from pipeline.params import AugmentParams, TrainParams
 from pipeline.step import CudaGraphStep, LearningRate, WeightAverage, learning_rate_factor
-from tests.conftest import REPO
+from tests.conftest import train_params
 
 CPU = torch.device("cpu")
-
-
-def train_params(*overrides: str) -> TrainParams:
-    return load_params(REPO / "params.yaml", list(overrides)).train
 
 
 def images(count: int, seed: int = 0) -> Tensor:

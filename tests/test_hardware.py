@@ -16,8 +16,7 @@ from pipeline.convolution import SmallMapConv2d
 from pipeline.engine import place_model, resolve_precision
 from pipeline.hardware import AMX_ROUTES, SETTINGS, cpu_class, native_class, settings_for
 from pipeline.model import build_model
-from pipeline.params import TrainParams, load_params
-from tests.conftest import REPO
+from tests.conftest import REPO, train_params
 
 CPU = torch.device("cpu")
 AMX = frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "amx_tile"})
@@ -141,15 +140,11 @@ def test_cpu_compilation_keeps_inductors_cache_per_vector_isa(
 
 
 def test_the_train_stage_says_what_it_chose_and_why() -> None:
-    params = training_params("train.precision=fp32")
+    params = train_params("train.precision=fp32")
     line = training.describe_cpu_choice(params, "fp32", True, "avx512")
     assert line == (
         "CPU class avx512: fp32, compiled (auto), convolution routes of the class; auto follows the "
         "measurements in benchmarks/results/cpu-avx512-routes.md"
     )
-    unknown = training.describe_cpu_choice(training_params(), "fp32", False, "other")
+    unknown = training.describe_cpu_choice(train_params(), "fp32", False, "other")
     assert "fp32 (auto), eager (auto)" in unknown and "the safe choice for an unmeasured class" in unknown
-
-
-def training_params(*overrides: str) -> TrainParams:
-    return load_params(REPO / "params.yaml", list(overrides)).train

@@ -6,8 +6,7 @@ import torch
 from pipeline.engine import build_optimizer
 from pipeline.model import build_model
 from pipeline.muon import MuonWithSgd, orthogonalise
-from pipeline.params import TrainParams, load_params
-from tests.conftest import REPO
+from tests.conftest import train_params
 
 
 @pytest.mark.parametrize("shape", [(3, 16, 144), (2, 144, 16), (1, 32, 32)])  # wide, tall, square
@@ -28,10 +27,6 @@ def test_orthogonalise_moves_every_singular_value_near_one(shape: tuple[int, int
     assert similarity.min() > 0.95
     for index in range(shape[0]):  # a batch is each matrix on its own
         torch.testing.assert_close(result[index], orthogonalise(matrices[index : index + 1])[0])
-
-
-def train_params(*overrides: str) -> TrainParams:
-    return load_params(REPO / "params.yaml", list(overrides)).train
 
 
 def muon(*overrides: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
