@@ -123,12 +123,11 @@ class MuonWithSgd(torch.optim.Optimizer):
             by_shape.setdefault(parameter.shape, []).append(index)
         # bf16 on CUDA, as Muon's authors run it (the iteration tolerates it); fp32 elsewhere.
         work_dtype = torch.bfloat16 if parameters[0].is_cuda else torch.float32
-        steps = list(updates)
         for shape, indices in by_shape.items():
             stacked = torch.stack([updates[index].reshape(shape[0], -1) for index in indices])
             orthogonal = orthogonalise(stacked.to(work_dtype)).to(parameters[0].dtype)
             for position, index in enumerate(indices):
-                steps[index] = orthogonal[position].view(shape)
+                updates[index] = orthogonal[position].view(shape)
         learning_rate = group["lr"] * group["lr_ratio"]  # a float, or a tensor on the device
-        torch._foreach_mul_(steps, learning_rate)
-        torch._foreach_sub_(parameters, steps)
+        torch._foreach_mul_(updates, learning_rate)
+        torch._foreach_sub_(parameters, updates)
