@@ -221,6 +221,7 @@ def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimi
             momentum=params.momentum,
             nesterov=params.nesterov,
             fused=on_cuda,
+            product_dtype=torch.bfloat16 if on_cuda else torch.float32,
         )
     if params.optimizer == "sgd":
         return torch.optim.SGD(

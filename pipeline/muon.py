@@ -58,6 +58,7 @@ class MuonWithSgd(torch.optim.Optimizer):
         momentum: float,
         nesterov: bool,
         fused: bool,
+        product_dtype: torch.dtype,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -69,6 +70,9 @@ class MuonWithSgd(torch.optim.Optimizer):
         }
         super().__init__(groups, defaults)
         self.fused = fused  # SGD groups: one fused kernel (CUDA) or foreach (CPU)
+        # Newton-Schulz products: bf16 on CUDA, as Muon's authors run it (the iteration tolerates
+        # it); fp32 on the CPU, where bf16 products are slower without AMX.
+        self.product_dtype = product_dtype
         for group in self.param_groups:
             if group["muon"] and any(parameter.ndim != 4 for parameter in group["params"]):
                 raise ValueError("Muon groups hold convolution filters (4-D) only")
@@ -121,11 +125,9 @@ class MuonWithSgd(torch.optim.Optimizer):
         by_shape: dict[torch.Size, list[int]] = {}
         for index, parameter in enumerate(parameters):
             by_shape.setdefault(parameter.shape, []).append(index)
-        # bf16 on CUDA, as Muon's authors run it (the iteration tolerates it); fp32 elsewhere.
-        work_dtype = torch.bfloat16 if parameters[0].is_cuda else torch.float32
         for shape, indices in by_shape.items():
             stacked = torch.stack([updates[index].reshape(shape[0], -1) for index in indices])
-            orthogonal = orthogonalise(stacked.to(work_dtype)).to(parameters[0].dtype)
+            orthogonal = orthogonalise(stacked.to(self.product_dtype)).to(parameters[0].dtype)
             for position, index in enumerate(indices):
                 updates[index] = orthogonal[position].view(shape)
         learning_rate = group["lr"] * group["lr_ratio"]  # a float, or a tensor on the device

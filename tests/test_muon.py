@@ -79,6 +79,52 @@ def no_decay_of(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [parameter for parameter in model.parameters() if parameter.ndim <= 1]
 
 
+def test_the_cuda_configuration_fused_sgd_and_bf16_products_runs_on_the_cpu_too() -> None:
+    """What build_optimizer picks on CUDA (never run by the CPU suite otherwise): the SGD groups
+    take torch's fused kernel, bit for bit as torch.optim.SGD(fused=True); the filters' Newton-Schulz
+    products run in bf16 and land within bf16 rounding of the fp32 steps."""
+    model, optimizer = muon("train.weight_decay=0.01", "train.lr=0.3", "train.muon_lr=0.06")
+    torch.manual_seed(0)
+    cuda_model = build_model("resnet18", 4)
+    position = {id(parameter): index for index, parameter in enumerate(model.parameters())}
+    cuda_parameters = list(cuda_model.parameters())
+    cuda_optimizer = MuonWithSgd(
+        [
+            {**group, "params": [cuda_parameters[position[id(parameter)]] for parameter in group["params"]]}
+            for group in optimizer.param_groups
+        ],
+        lr=0.3,
+        momentum=0.9,
+        nesterov=True,
+        fused=True,
+        product_dtype=torch.bfloat16,
+    )
+    torch.manual_seed(0)
+    reference = build_model("resnet18", 4)
+    sgd = torch.optim.SGD(
+        [{"params": other_decay_of(reference), "weight_decay": 0.01}, {"params": no_decay_of(reference)}],
+        lr=0.3,
+        momentum=0.9,
+        nesterov=True,
+        fused=True,
+    )
+    start = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    for seed in range(3):
+        for network in (model, cuda_model, reference):
+            set_gradients(network, seed)
+        optimizer.step()
+        cuda_optimizer.step()
+        sgd.step()
+    named = zip(model.named_parameters(), cuda_model.parameters(), reference.parameters(), strict=True)
+    for (name, parameter), cuda_parameter, expected in named:
+        if parameter.ndim != 4:
+            assert torch.equal(cuda_parameter, expected), name  # bit for bit
+            continue
+        moved = (parameter - start[name]).norm()
+        assert not torch.equal(cuda_parameter, parameter), name  # the bf16 products did run
+        assert (cuda_parameter - parameter).norm() < 0.03 * moved, name  # measured up to 0.015 here
+
+
 def test_a_muon_step_rescales_each_filter_bank_then_moves_it_by_an_orthogonal_step() -> None:
     model, optimizer = muon("train.lr=0.2", "train.muon_lr=0.05", "train.muon_momentum=0.5")
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
@@ -121,4 +167,11 @@ def test_muon_is_refused_for_anything_but_filters() -> None:
     model = build_model("tutorial", 4)
     linear = [parameter for parameter in model.parameters() if parameter.ndim == 2]
     with pytest.raises(ValueError, match="4-D"):
-        MuonWithSgd([{"params": linear, "muon": True}], lr=0.1, momentum=0.9, nesterov=True, fused=False)
+        MuonWithSgd(
+            [{"params": linear, "muon": True}],
+            lr=0.1,
+            momentum=0.9,
+            nesterov=True,
+            fused=False,
+            product_dtype=torch.float32,
+        )
