@@ -50,15 +50,7 @@ def test_filters_take_muon_steps_and_everything_else_the_steps_of_torch_sgd() ->
     assert [parameter.ndim for parameter in other_decay["params"]] == [2]  # the classifier
     assert other_decay["weight_decay"] == 0.01
     assert all(parameter.ndim == 1 for parameter in no_decay["params"])
-    torch.manual_seed(0)
-    reference = build_model("resnet18", 4)
-    sgd = torch.optim.SGD(
-        [{"params": other_decay_of(reference), "weight_decay": 0.01}, {"params": no_decay_of(reference)}],
-        lr=0.3,
-        momentum=0.9,
-        nesterov=True,
-        foreach=True,
-    )
+    reference, sgd = torch_sgd_reference(fused=False)
     for seed in range(3):
         set_gradients(model, seed)
         set_gradients(reference, seed)
@@ -69,6 +61,21 @@ def test_filters_take_muon_steps_and_everything_else_the_steps_of_torch_sgd() ->
             assert not torch.equal(parameter, expected), name
         else:
             assert torch.equal(parameter, expected), name  # bit for bit
+
+
+def torch_sgd_reference(*, fused: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The network `muon("train.weight_decay=0.01", "train.lr=0.3", ...)` starts from, its
+    non-filter parameters under torch.optim.SGD with the same settings."""
+    torch.manual_seed(0)
+    reference = build_model("resnet18", 4)
+    sgd = torch.optim.SGD(
+        [{"params": other_decay_of(reference), "weight_decay": 0.01}, {"params": no_decay_of(reference)}],
+        lr=0.3,
+        momentum=0.9,
+        nesterov=True,
+        **({"fused": True} if fused else {"foreach": True}),
+    )
+    return reference, sgd
 
 
 def other_decay_of(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -99,15 +106,7 @@ def test_the_cuda_configuration_fused_sgd_and_bf16_products_runs_on_the_cpu_too(
         fused=True,
         product_dtype=torch.bfloat16,
     )
-    torch.manual_seed(0)
-    reference = build_model("resnet18", 4)
-    sgd = torch.optim.SGD(
-        [{"params": other_decay_of(reference), "weight_decay": 0.01}, {"params": no_decay_of(reference)}],
-        lr=0.3,
-        momentum=0.9,
-        nesterov=True,
-        fused=True,
-    )
+    reference, sgd = torch_sgd_reference(fused=True)
     start = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
     for seed in range(3):
         for network in (model, cuda_model, reference):
