@@ -58,6 +58,7 @@ REPO = Path(__file__).resolve().parent.parent
 FAST = ["train.label_smoothing=0.2", "train.augment.cutout=0"]
 FAST_ALTERNATE = [*FAST, "train.augment.flip=alternate"]
 FAST_17_ALTERNATE = ["train.epochs=17", *FAST_ALTERNATE]
+FAST_MUON_ALTERNATE = [*FAST_ALTERNATE, "train.optimizer=muon"]
 FAST_RECIPES: dict[str, list[str]] = {
     "fast-22": ["train.epochs=22", *FAST],
     "fast-20": ["train.epochs=20", *FAST],
@@ -69,9 +70,12 @@ FAST_RECIPES: dict[str, list[str]] = {
     "fast-17-b250-alternate": [*FAST_17_ALTERNATE, "train.batch_size=250", "train.lr=0.1"],
     "fast-17-heuristic-cudnn-alternate": [*FAST_17_ALTERNATE, "train.cudnn_benchmark=false"],
     "fast-17-eager-alternate": [*FAST_17_ALTERNATE, "train.compile=false"],
-    # Muon for the filters (pipeline/muon.py; params.yaml's train.muon_lr and muon_momentum)
+    # Muon for the filters (pipeline/muon.py; params.yaml's train.muon_lr and muon_momentum). On the
+    # CPU proxy 6 epochs of Muon tied 10 of SGD (results/cpu-muon.md), and SGD needed 20-22 here.
     "fast-17-muon-alternate": [*FAST_17_ALTERNATE, "train.optimizer=muon"],
-    "fast-14-muon-alternate": ["train.epochs=14", *FAST_ALTERNATE, "train.optimizer=muon"],
+    "fast-14-muon-alternate": ["train.epochs=14", *FAST_MUON_ALTERNATE],
+    "fast-12-muon-alternate": ["train.epochs=12", *FAST_MUON_ALTERNATE],
+    "fast-10-muon-alternate": ["train.epochs=10", *FAST_MUON_ALTERNATE],
 }
 TINY = [
     "model.width=4",
