@@ -71,7 +71,7 @@ FAST_RECIPES: dict[str, list[str]] = {
     "fast-17-heuristic-cudnn-alternate": [*FAST_17_ALTERNATE, "train.cudnn_benchmark=false"],
     "fast-17-eager-alternate": [*FAST_17_ALTERNATE, "train.compile=false"],
     # Muon for the filters (pipeline/muon.py; params.yaml's train.muon_lr and muon_momentum). On the
-    # CPU proxy 6 epochs of Muon tied 10 of SGD (results/cpu-muon.md), and SGD needed 20-22 here.
+    # CPU proxy 6 epochs of Muon tied 10 of SGD (results/cpu-muon.md); SGD needed 20-22 on the H200.
     "fast-17-muon-alternate": [*FAST_17_ALTERNATE, "train.optimizer=muon"],
     "fast-14-muon-alternate": ["train.epochs=14", *FAST_MUON_ALTERNATE],
     "fast-12-muon-alternate": ["train.epochs=12", *FAST_MUON_ALTERNATE],

@@ -71,7 +71,7 @@ class MuonWithSgd(torch.optim.Optimizer):
         super().__init__(groups, defaults)
         self.fused = fused  # SGD groups: one fused kernel (CUDA) or foreach (CPU)
         # Newton-Schulz products: bf16 on CUDA, as Muon's authors run it (the iteration tolerates
-        # it); fp32 on the CPU, where bf16 products are slower without AMX.
+        # it); fp32 on the CPU, where the measurements in benchmarks/results/cpu-muon.md ran.
         self.product_dtype = product_dtype
         for group in self.param_groups:
             if group["muon"] and any(parameter.ndim != 4 for parameter in group["params"]):
