@@ -54,7 +54,8 @@ REPO = Path(__file__).resolve().parent.parent
 # ones add airbench's alternating flip (train.augment.flip=alternate), `-b1000` batch 1000, `-b250`
 # batch 250, `-eager` no torch.compile (the step still captured: no compile time in the first
 # epoch, slower later ones), `-heuristic-cudnn` cuDNN's heuristics instead of timing its algorithms
-# in the first steps, `-muon` Muon for the convolution filters; none measured on a GPU yet.
+# in the first steps, `-muon` Muon for the convolution filters, `-nowarmup` the learning rate
+# falling from its peak at the first step; none measured on a GPU yet.
 FAST = ["train.label_smoothing=0.2", "train.augment.cutout=0"]
 FAST_ALTERNATE = [*FAST, "train.augment.flip=alternate"]
 FAST_17_ALTERNATE = ["train.epochs=17", *FAST_ALTERNATE]
@@ -81,6 +82,10 @@ FAST_RECIPES: dict[str, list[str]] = {
     # Newton-Schulz work per epoch, and larger steps. The first run at batch 1000 compiles cold.
     "fast-12-muon-b1000-alternate": ["train.epochs=12", *FAST_MUON_ALTERNATE, *BATCH_1000],
     "fast-10-muon-b1000-alternate": ["train.epochs=10", *FAST_MUON_ALTERNATE, *BATCH_1000],
+    # No warm-up (airbench94_muon's schedule: straight down from the peak): on the CPU proxy 6
+    # epochs of Muon gained 0.77 points over the 20% warm-up (results/cpu-muon.md).
+    "fast-12-muon-nowarmup-alternate": ["train.epochs=12", *FAST_MUON_ALTERNATE, "train.warmup=0"],
+    "fast-10-muon-nowarmup-alternate": ["train.epochs=10", *FAST_MUON_ALTERNATE, "train.warmup=0"],
 }
 
 
