@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as functional
+from filelock import FileLock, Timeout
 from torch import Tensor, nn
 
 from pipeline.augmentation import augment_epoch
@@ -69,14 +71,32 @@ def place_model(model: nn.Module, device: torch.device, isa: IsaClass | None = N
 
 
 def compile_model(module: nn.Module, device: torch.device) -> nn.Module:
-    """torch.compile for the device; on the CPU with Inductor's cache kept per vector ISA."""
+    """torch.compile for the device; on the CPU with Inductor's cache kept per vector ISA and
+    rid of the binaries an interrupted compilation left incomplete."""
     if device.type == "cpu":
+        cache = inductor_cache_base()
+        if removed := remove_incomplete_binaries(cache):
+            logger.warning(
+                "removed %d incomplete compiled file(s) from Inductor's cache %s, left by an "
+                "interrupted compilation; they are compiled again",
+                len(removed),
+                cache,
+            )
         use_inductor_cache_of_this_vector_isa()
     return torch.compile(module)  # type: ignore[return-value]
 
 
 INDUCTOR_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
 VECTOR_ISA_FOLDER_PREFIX = "vector-isa-"
+
+
+def inductor_cache_base() -> Path:
+    """The folder Inductor's cache would use, above the per-ISA folder an earlier call chose."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get(INDUCTOR_CACHE_VARIABLE)
+    base = Path(chosen) if chosen else Path(default_cache_dir())
+    return base.parent if base.name.startswith(VECTOR_ISA_FOLDER_PREFIX) else base
 
 
 def use_inductor_cache_of_this_vector_isa() -> Path:
@@ -92,16 +112,59 @@ def use_inductor_cache_of_this_vector_isa() -> Path:
     different classes. Separate folders keep every graph with the ISA it was generated for. The
     folder chosen is kept in the environment, where Inductor and its compile workers read it."""
     from torch._inductor.cpu_vec_isa import pick_vec_isa
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    chosen = os.environ.get(INDUCTOR_CACHE_VARIABLE)
-    base = Path(chosen) if chosen else Path(default_cache_dir())
-    if base.name.startswith(VECTOR_ISA_FOLDER_PREFIX):  # chosen by an earlier call
-        base = base.parent
     isa_name = re.sub(r"[^a-z0-9_]+", "-", str(pick_vec_isa()).lower()).strip("-")
-    folder = base.absolute() / f"{VECTOR_ISA_FOLDER_PREFIX}{isa_name}"
+    folder = inductor_cache_base().absolute() / f"{VECTOR_ISA_FOLDER_PREFIX}{isa_name}"
     os.environ[INDUCTOR_CACHE_VARIABLE] = str(folder)
     return folder
+
+
+def remove_incomplete_binaries(folder: Path) -> list[Path]:
+    """Delete the shared objects and object files under `folder` (an Inductor cache) that are not
+    complete ELF files; Inductor builds a missing one again. Returns the files deleted.
+
+    Inductor reuses a cached binary whenever its file exists. A run killed while the compiler or
+    linker wrote one (Ctrl-C during the first compiled epoch, an out-of-memory kill) can leave it
+    empty or cut short, and every later compiled run then stops at its first step: measured here
+    with torch 2.14.1, `ImportError: ... file too short` for an empty .so (pytorch/pytorch#102539)
+    and a bus error with no message for one cut short. GNU ld puts the section header table at
+    the end of the file, so a file that ends before that table ends is incomplete. A
+    file is checked under the lock Inductor builds it under (`locks/<key>.lock` beside its
+    folder) and left alone while another process holds that lock: it is being built."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted([*folder.rglob("*.so"), *folder.rglob("*.o")]):
+        if not path.is_file() or is_complete_elf(path):
+            continue
+        lock = FileLock(path.parent.parent / "locks" / f"{path.name.split('.')[0]}.lock", timeout=0)
+        try:
+            with lock:
+                if path.is_file() and not is_complete_elf(path):
+                    path.unlink()
+                    removed.append(path)
+        except Timeout:
+            continue
+    return removed
+
+
+def is_complete_elf(path: Path) -> bool:
+    """Whether `path` starts with an ELF header and is long enough to hold its section header
+    table (for 64-bit files; a 32-bit one needs the magic number only)."""
+    with path.open("rb") as file:
+        header = file.read(64)
+    if len(header) < 16 or header[:4] != b"\x7fELF":
+        return False
+    if header[4] != 2:  # ELFCLASS64 only: 32-bit headers lay out these fields elsewhere
+        return True
+    if len(header) < 64:
+        return False
+    order = "<" if header[5] == 1 else ">"
+    table_offset: int = struct.unpack_from(f"{order}Q", header, 0x28)[0]
+    entry_size: int
+    entries: int
+    entry_size, entries = struct.unpack_from(f"{order}HH", header, 0x3A)
+    return path.stat().st_size >= table_offset + entry_size * entries
 
 
 def resolve_precision(name: str, device: torch.device, isa: IsaClass | None = None) -> Precision:

@@ -139,6 +139,58 @@ def test_cpu_compilation_keeps_inductors_cache_per_vector_isa(
     assert folders == {"vector-isa-avx2", "vector-isa-invalid_vec_isa"}
 
 
+def test_cpu_compilation_first_removes_binaries_an_interrupted_compilation_left_incomplete(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Inductor reuses any cached binary whose file exists: one cut short by a killed run made the
+    next compiled run die (a bus error for a truncated .so, `file too short` for an empty one)."""
+    from filelock import FileLock
+
+    from pipeline.engine import INDUCTOR_CACHE_VARIABLE, compile_model, is_complete_elf
+
+    base = tmp_path / "cache"
+    monkeypatch.setenv(INDUCTOR_CACHE_VARIABLE, str(base / "vector-isa-chosen-earlier"))
+    elf = Path(torch._C.__file__).read_bytes()  # a real shared object
+    assert len(elf) > 1000
+
+    def cached(relative: str, content: bytes) -> Path:
+        path = base / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return path
+
+    complete = cached("ab/cab.so", elf)  # an ISA probe's binary, outside the per-ISA folders
+    complete_object = cached("vector-isa-avx2/cd/ccd.main.o", elf)
+    source = cached("vector-isa-avx2/cd/ccd.main.cpp", b"")
+    truncated = cached("vector-isa-avx2/ef/cef.main.so", elf[: len(elf) // 2])
+    empty = cached("vector-isa-avx2/gh/cgh.optimized.o", b"")
+    not_elf = cached("ij/cij.so", b"#!/bin/sh\n" * 10)
+    being_built = cached("vector-isa-avx2/kl/ckl.main.so", elf[:100])
+    assert is_complete_elf(complete) and not is_complete_elf(truncated)
+
+    monkeypatch.setattr(torch, "compile", lambda module: module)
+    model = build_model("tutorial", 4)
+    with FileLock(base / "vector-isa-avx2" / "locks" / "ckl.lock"), caplog.at_level(logging.WARNING):
+        assert compile_model(model, CPU) is model
+
+    assert [path.exists() for path in (complete, complete_object, source, being_built)] == [True] * 4
+    assert [path.exists() for path in (truncated, empty, not_elf)] == [False] * 3
+    assert [record.getMessage() for record in caplog.records if record.name == "pipeline.engine"] == [
+        f"removed 3 incomplete compiled file(s) from Inductor's cache {base}, left by an "
+        "interrupted compilation; they are compiled again"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        compile_model(model, CPU)  # its lock free: the incomplete file is removed now
+    lines = [record.getMessage() for record in caplog.records if record.name == "pipeline.engine"]
+    assert not being_built.exists() and len(lines) == 1 and lines[0].startswith("removed 1 ")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        compile_model(model, CPU)  # nothing left to remove: no line
+    assert not [record for record in caplog.records if record.name == "pipeline.engine"]
+    assert complete.exists() and complete_object.exists()
+
+
 def test_the_train_stage_says_what_it_chose_and_why() -> None:
     params = train_params("train.precision=fp32")
     line = training.describe_cpu_choice(params, "fp32", True, "avx512")
