@@ -13,7 +13,6 @@ import logging
 import os
 import random
 import re
-import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -128,13 +127,12 @@ def remove_incomplete_binaries(folder: Path) -> list[Path]:
     empty or cut short, and every later compiled run then stops at its first step: measured here
     with torch 2.14.1, `ImportError: ... file too short` for an empty .so (pytorch/pytorch#102539)
     and a bus error with no message for one cut short. GNU ld puts the section header table at
-    the end of the file, so a file that ends before that table ends is incomplete. A
-    file is checked under the lock Inductor builds it under (`locks/<key>.lock` beside its
-    folder) and left alone while another process holds that lock: it is being built."""
+    the end of the file, so a file that ends before that table ends is incomplete. A file is
+    checked under the lock Inductor builds it under (`locks/<key>.lock` beside its folder) and
+    left alone while another process holds that lock: it is being built."""
     removed: list[Path] = []
-    if not folder.is_dir():
-        return removed
-    for path in sorted([*folder.rglob("*.so"), *folder.rglob("*.o")]):
+    binaries = sorted(path for path in folder.rglob("*") if path.suffix in (".so", ".o"))
+    for path in binaries:
         if not path.is_file() or is_complete_elf(path):
             continue
         lock = FileLock(path.parent.parent / "locks" / f"{path.name.split('.')[0]}.lock", timeout=0)
@@ -159,11 +157,10 @@ def is_complete_elf(path: Path) -> bool:
         return True
     if len(header) < 64:
         return False
-    order = "<" if header[5] == 1 else ">"
-    table_offset: int = struct.unpack_from(f"{order}Q", header, 0x28)[0]
-    entry_size: int
-    entries: int
-    entry_size, entries = struct.unpack_from(f"{order}HH", header, 0x3A)
+    order: Literal["little", "big"] = "little" if header[5] == 1 else "big"
+    table_offset = int.from_bytes(header[0x28:0x30], order)  # e_shoff
+    entry_size = int.from_bytes(header[0x3A:0x3C], order)  # e_shentsize
+    entries = int.from_bytes(header[0x3C:0x3E], order)  # e_shnum
     return path.stat().st_size >= table_offset + entry_size * entries
 
 
