@@ -17,6 +17,8 @@ under `timeout`, in this order while its time budget (`--budget`, default 340 s)
   cuDNN's search, capture); the host's time to issue a step; scoring 5,000 validation images;
   the per-epoch augmentation of 50,000;
 - each of `FAST_RECIPES`, train then evaluate (with the seconds the capture took, from the log);
+  every recipe also records Dynamo's and Inductor's timestamped step lines (`compile_steps`:
+  tracing, AOT autograd, Inductor's forward and backward graphs), where its first epoch goes;
 - `no-graphs`: the default recipe for 6 epochs with `train.cuda_graphs=false`;
 - `torchrun`: a plain run against `torchrun --standalone --nproc-per-node 1` (3 epochs, eager,
   `--torchrun-repeats` times each);
@@ -253,6 +255,27 @@ def read_run(stage: Path) -> dict[str, Any]:
     return result
 
 
+# Dynamo's and Inductor's step lines (INFO, timestamped): where a first epoch's compilation goes.
+COMPILE_STEP_LOGS = {"TORCH_LOGS": "dynamo,inductor"}
+COMPILE_STEP = re.compile(
+    r"^[IWE]\d{4} (\d\d):(\d\d):(\d\d\.\d+) .*Step \d: (torchdynamo (?:start|done) tracing \w+"
+    r"|(?:calling|done) compiler function \w+|torchinductor (?:done )?compiling \w+ graph \d+)"
+)
+
+
+def compile_steps(log: str) -> list[list[Any]]:
+    """[seconds since the first step line, step] for each of Dynamo's and Inductor's step lines:
+    tracing, the AOT autograd and Inductor's forward and (at the first backward) backward graphs."""
+    steps: list[list[Any]] = []
+    for line in log.splitlines():
+        if match := COMPILE_STEP.match(line):
+            hours, minutes, seconds, text = match.groups()
+            clock = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+            steps.append([clock, text])
+    start = steps[0][0] if steps else 0.0
+    return [[round((clock - start) % 86400, 3), text] for clock, text in steps]
+
+
 def recipe(
     bench: Bench,
     name: str,
@@ -273,7 +296,9 @@ def recipe(
     started = time.monotonic()
     # --tiny on a 2-core CPU: a recipe run first compiles cold in C++ (44-73 s of wall time seen)
     limit = estimate * (3 if bench.tiny else 2)
-    code = bench.run(name, stage_command("train", overrides, launcher), limit, stage)
+    code = bench.run(
+        name, stage_command("train", overrides, launcher), limit, stage, extra_env=COMPILE_STEP_LOGS
+    )
     wall = time.monotonic() - started
     entry: dict[str, Any] = {
         "overrides": overrides,
@@ -286,6 +311,7 @@ def recipe(
         entry |= read_run(stage)
     log = (bench.logs / f"{name}.log").read_text()
     entry["cuda_graphs_log"] = [line for line in log.splitlines() if "cuda_graphs" in line]
+    entry["compile_steps"] = compile_steps(log)
     captured = re.search(r"step captured in ([\d.]+) s \(.*compilation included: ([\d.]+) s\)", log)
     if captured:  # how much of the first epoch went to compiling and capturing the step
         entry["capture_seconds"], entry["capture_warmup_seconds"] = map(float, captured.groups())
