@@ -265,7 +265,7 @@ COMPILE_STEP = re.compile(
 
 def compile_steps(log: str) -> list[list[Any]]:
     """[seconds since the first step line, step] for each of Dynamo's and Inductor's step lines:
-    tracing, the AOT autograd and Inductor's forward and (at the first backward) backward graphs."""
+    tracing, AOT autograd, and Inductor's forward and (at the first backward) backward graphs."""
     steps: list[list[Any]] = []
     for line in log.splitlines():
         if match := COMPILE_STEP.match(line):
