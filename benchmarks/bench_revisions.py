@@ -60,8 +60,10 @@ CONFIGURATIONS: dict[str, list[str]] = {
 COMMON = ["preprocess.val_size=0", "train.device=cpu", "train.precision=fp32"]
 
 
-def stage(checkout: Path, folder: Path, name: str, overrides: list[str], cache: Path) -> None:
-    """Run one stage of the revision checked out at `checkout`, in `folder`."""
+def stage(checkout: Path, folder: Path, name: str, overrides: list[str]) -> None:
+    """Run one stage of the revision checked out at `checkout`, in `folder`, with the revision's
+    own Inductor cache beside its checkout."""
+    cache = checkout.with_name(f"cache-{checkout.name}")
     environment = {**os.environ, "PYTHONPATH": str(checkout), "TORCHINDUCTOR_CACHE_DIR": str(cache)}
     command = [sys.executable, "-m", "stages", name]
     for override in overrides:
@@ -82,9 +84,9 @@ def measure(arguments: argparse.Namespace, scratch: Path, checkouts: dict[str, P
     for revision, checkout in checkouts.items():
         prepared = scratch / f"data-{checkout.name}"
         prepared.mkdir()
-        (prepared / "params.yaml").write_bytes((checkout / "params.yaml").read_bytes())
+        shutil.copyfile(checkout / "params.yaml", prepared / "params.yaml")
         for name in ("download", "preprocess"):
-            stage(checkout, prepared, name, data_overrides, scratch / f"cache-{checkout.name}")
+            stage(checkout, prepared, name, data_overrides)
         print(f"{revision}: data prepared with its own code", flush=True)
 
     runs: list[dict[str, Any]] = []
@@ -97,11 +99,9 @@ def measure(arguments: argparse.Namespace, scratch: Path, checkouts: dict[str, P
                 folder = scratch / f"run-{configuration}-{checkout.name}"
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir()
-                (folder / "params.yaml").write_bytes((checkout / "params.yaml").read_bytes())
+                shutil.copyfile(checkout / "params.yaml", folder / "params.yaml")
                 (folder / "data").symlink_to(scratch / f"data-{checkout.name}" / "data")
-                stage(
-                    checkout, folder, "train", data_overrides + overrides, scratch / f"cache-{checkout.name}"
-                )
+                stage(checkout, folder, "train", data_overrides + overrides)
                 seconds = epoch_seconds(folder)
                 runs.append(
                     {
