@@ -142,14 +142,15 @@ SETTINGS: dict[IsaClass, CpuSettings] = {
     # ResNet-18; the tutorial net 2.37x in bf16 eager, 2.18x compiled.
     "amx": CpuSettings("bf16", True, False, AMX_ROUTES, "results/cpu-throughput.md"),
     # results/cpu-avx512-bf16-eager.md: ResNet-18 in bf16 2.69x the plain loop eager, 2.42x compiled
-    # (eager faster in both rounds; the routes' run, cpu-avx512-bf16-routes.md, a tie at 2.41x); the
-    # train stage's epochs eager 6% shorter at width 64 and a tie at width 32 (-eager-stage.md), while
-    # compiling adds 7-9 s to the first epoch with a warm cache and 40-50 s with a cold one. fp32
-    # 1.36x. The tutorial net 2.00x in bf16 eager, 2.01x compiled (2.24x and 2.18x before).
+    # (eager faster in both rounds; the routes' run, cpu-avx512-bf16-routes.md, a tie at 2.41x);
+    # in the train stage (cpu-compile-stage.md) eager epochs 6% shorter at width 64 and a tie at
+    # width 32, while compiling adds 7-9 s to the first epoch with a warm cache and 40-50 s with a
+    # cold one. fp32 1.36x. The tutorial net 2.00x in bf16 eager, 2.01x compiled.
     "avx512-bf16": CpuSettings("bf16", False, False, AVX512_BF16_ROUTES, "results/cpu-avx512-bf16-eager.md"),
     # results/cpu-avx512-routes.md (emulated): ResNet-18 fp32 eager 1.29x the plain loop, compiled
     # 1.28x (eager faster in both rounds, and compiling peaked at 3.3 GB); the tutorial net
-    # compiled 1.43x, eager 1.39x.
+    # compiled 1.43x, eager 1.39x, and in the train stage 3% faster an epoch compiled for 5 s
+    # more on the first (cpu-compile-stage.md).
     "avx512": CpuSettings("fp32", False, True, AVX512_FP32_ROUTES, "results/cpu-avx512-routes.md"),
     # results/cpu-avx2-routes.md (emulated): compiling does not pay on this class. ResNet-18:
     # 1.21x the plain loop eager, 1.16x compiled (results/cpu-avx2.md, before the routes: a tie),
