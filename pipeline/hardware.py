@@ -14,8 +14,6 @@ limiting oneDNN and ATen, which this module honours too):
 bf16 pays with AMX, and with AVX512_BF16 alone (ResNet-18 about 2x fp32 on a Zen 4 EPYC, with or
 without the small-map routes); without bf16 instructions every bf16 operation is emulated, so
 those classes train in fp32.
-Compiling pays where BatchNorm, ReLU and the residual sums are a large share of a step (ResNet-18
-with AMX); with AVX512_BF16 alone the convolutions dominate and it measured a tie or slower.
 """
 
 from __future__ import annotations
@@ -141,12 +139,12 @@ SETTINGS: dict[IsaClass, CpuSettings] = {
     # AMX (README before this table): bf16 2.88x and bf16 + compile 3.57x the plain loop for
     # ResNet-18; the tutorial net 2.37x in bf16 eager, 2.18x compiled.
     "amx": CpuSettings("bf16", True, False, AMX_ROUTES, "results/cpu-throughput.md"),
-    # results/cpu-avx512-bf16-eager.md: ResNet-18 in bf16 2.69x the plain loop eager, 2.42x compiled
-    # (eager faster in both rounds; the routes' run, cpu-avx512-bf16-routes.md, a tie at 2.41x);
-    # in the train stage (cpu-compile-stage.md) eager epochs 6% shorter at width 64 and a tie at
-    # width 32, while compiling adds 7-9 s to the first epoch with a warm cache and 40-50 s with a
-    # cold one. fp32 1.36x. The tutorial net 2.00x in bf16 eager, 2.01x compiled.
-    "avx512-bf16": CpuSettings("bf16", False, False, AVX512_BF16_ROUTES, "results/cpu-avx512-bf16-eager.md"),
+    # results/cpu-avx512-bf16-routes.md: bf16 2.41x the plain loop for ResNet-18, eager and compiled
+    # alike (fp32 1.25x; results/cpu-avx512-bf16.md, with earlier routes: compiled 2% faster); the
+    # tutorial net 2.24x in bf16 eager, 2.18x compiled. Compiled ResNet-18 depends on the width here
+    # (results/cpu-compile-stage.md, the train stage): at width 64 eager epochs 6% shorter, at width
+    # 32 (the CPU recipe) a tie on 5,000 images and compiled 3-5% faster on 50,000, so it compiles.
+    "avx512-bf16": CpuSettings("bf16", True, False, AVX512_BF16_ROUTES, "results/cpu-avx512-bf16-routes.md"),
     # results/cpu-avx512-routes.md (emulated): ResNet-18 fp32 eager 1.29x the plain loop, compiled
     # 1.28x (eager faster in both rounds, and compiling peaked at 3.3 GB); the tutorial net
     # compiled 1.43x, eager 1.39x, and in the train stage 3% faster an epoch compiled for 5 s
