@@ -85,6 +85,7 @@ def plain_loop(arch: str, device: str, prepared: Path, batch: int, warmup: int, 
     split = load_split(prepared, "train", meta)
     assert split is not None
     pictures = split.images.transpose(0, 2, 3, 1)  # HWC for PIL
+    split_labels = split.labels
 
     class Pictures(Dataset[tuple[torch.Tensor, int]]):
         def __init__(self) -> None:
@@ -101,7 +102,7 @@ def plain_loop(arch: str, device: str, prepared: Path, batch: int, warmup: int, 
             return len(pictures)
 
         def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-            return self.transform(Image.fromarray(pictures[index])), int(split.labels[index])
+            return self.transform(Image.fromarray(pictures[index])), int(split_labels[index])
 
     torch.manual_seed(0)
     model = build_model(arch, 64).to(device)  # type: ignore[arg-type]
@@ -113,7 +114,7 @@ def plain_loop(arch: str, device: str, prepared: Path, batch: int, warmup: int, 
         images, labels = images.to(device), labels.to(device)
         loss = functional.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -159,7 +160,7 @@ def pipeline_loop(
     resolved = resolve_precision(precision, device)
     setup = TrainSetup(
         step=build_train_step(
-            runner,  # type: ignore[arg-type]
+            runner,
             build_optimizer(model, params),
             transform,
             params,
@@ -298,7 +299,7 @@ def throughput(
             ]
             kept = [index for index in range(len(configs)) if index not in failures]
             configs, measured = [configs[index] for index in kept], [measured[index] for index in kept]
-            summaries = []
+            summaries: list[dict[str, Any]] = []
             for config, results in zip(configs, measured, strict=True):
                 speeds = [result["images_per_second"] for result in results]
                 summaries.append(
