@@ -16,7 +16,6 @@ results/<name>.json and results/<name>.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_train import machine  # noqa: E402
 
 from pipeline.hardware import cpu_class  # noqa: E402
+from pipeline.plots import read_train_log  # noqa: E402
 
 # Params overrides per configuration, on top of each revision's params.yaml; fp32 and an explicit
 # compile setting, so every revision runs the same arithmetic whatever its `auto` would choose.
@@ -74,11 +74,6 @@ def stage(checkout: Path, folder: Path, name: str, overrides: list[str]) -> None
         raise SystemExit(f"{name} at {checkout.name} failed in {folder}: " + " | ".join(tail))
 
 
-def epoch_seconds(folder: Path) -> list[float]:
-    with (folder / "metrics" / "train_log.tsv").open() as log:
-        return [float(row["seconds"]) for row in csv.DictReader(log, delimiter="\t")]
-
-
 def measure(arguments: argparse.Namespace, scratch: Path, checkouts: dict[str, Path]) -> dict[str, Any]:
     data_overrides = [f"data.url={arguments.archive}", f"data.sha256={arguments.sha256}", *COMMON]
     for revision, checkout in checkouts.items():
@@ -102,7 +97,7 @@ def measure(arguments: argparse.Namespace, scratch: Path, checkouts: dict[str, P
                 shutil.copyfile(checkout / "params.yaml", folder / "params.yaml")
                 (folder / "data").symlink_to(scratch / f"data-{checkout.name}" / "data")
                 stage(checkout, folder, "train", data_overrides + overrides)
-                seconds = epoch_seconds(folder)
+                seconds = read_train_log(folder / "metrics" / "train_log.tsv")["seconds"].tolist()
                 runs.append(
                     {
                         "configuration": configuration,
