@@ -77,22 +77,37 @@ class CheckpointInfo:
     epoch: int | None  # epochs completed (None: not readable as a checkpoint)
     step: int | None
     params: dict[str, Any] | None
+    params_sha256: str | None = None
+    data_sha256: str | None = None
+    code_sha256: str | None = None  # of the training code that wrote it (pipeline.source)
+
+    @property
+    def run_id(self) -> str:
+        """The name `cifar10 checkpoints` lists it by: the file name without its suffix."""
+        return self.path.name.removesuffix(SUFFIX)
 
 
 def describe_checkpoints(folder: Path) -> list[CheckpointInfo]:
     found = []
     for path in checkpoint_files(folder):
         status = path.stat()
-        epoch: int | None = None
-        step: int | None = None
-        params: dict[str, Any] | None = None
         try:
-            raw = read_metadata(path, "checkpoint")
-            metadata = parse_metadata(raw, FORMAT, path, "checkpoint")
-            epoch, step, params = int(metadata["epoch"]), int(metadata["step"]), metadata.get("params")
-        except (ModelFileError, KeyError, ValueError, TypeError):
-            pass  # listed without them: not readable as a checkpoint
-        found.append(CheckpointInfo(path, status.st_size, status.st_mtime, epoch, step, params))
+            metadata = parse_metadata(read_metadata(path, "checkpoint"), FORMAT, path, "checkpoint")
+            found.append(
+                CheckpointInfo(
+                    path,
+                    status.st_size,
+                    status.st_mtime,
+                    int(metadata["epoch"]),
+                    int(metadata["step"]),
+                    metadata.get("params"),
+                    metadata.get("params_sha256"),
+                    metadata.get("data_sha256"),
+                    metadata.get("code_sha256"),
+                )
+            )
+        except (ModelFileError, KeyError, ValueError, TypeError):  # listed as not readable
+            found.append(CheckpointInfo(path, status.st_size, status.st_mtime, None, None, None))
     return found
 
 

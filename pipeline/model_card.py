@@ -93,12 +93,14 @@ def read_card(path: Path) -> ModelCard:
 
 
 def check_trained_with(
-    card: ModelCard, path: Path, model: ModelParams, train: TrainParams, source: str
+    card: ModelCard, path: Path, model: ModelParams, train: TrainParams, source: str, remedy: str
 ) -> None:
-    """Refuse a model file trained with other model or train params than `source` says.
+    """Refuse a model file trained with other model or train params than `source` says; the
+    error ends with `remedy`, what gets the right model.
 
     What DVC records for a stage that reads the model is params.yaml; a model made with other
-    values (by `cifar10 train -S ...`, or restored for other params) would make that record false.
+    values (params.yaml edited by hand, or a run-cache entry recorded while params.yaml changed
+    during a run) would make that record false.
     """
     if card.params_sha256 == training_digest(model, train):
         return
@@ -115,8 +117,4 @@ def check_trained_with(
             if keys
             else "the same params, an earlier version of the training code"
         )
-    raise PipelineError(
-        f"{path} was trained with other params than {source} ({detail}); train it for these params "
-        "(`dvc repro`, or `cifar10 train` with the same -S options) or give this command the -S "
-        "options it was trained with"
-    )
+    raise PipelineError(f"{path} was trained with other params than {source} ({detail}); {remedy}")

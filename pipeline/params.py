@@ -9,7 +9,9 @@ e.g. `train.lr: must be > 0`, and raise ParamsError (exit code 2) before any oth
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from pipeline.errors import ParamsError
+from pipeline.files import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +189,63 @@ RUN_TIME_ONLY = {
 # digest: a checkpoint of an earlier procedure is never resumed by a later one.
 TRAINING_PROCEDURE = 2
 
+# The stages in pipeline order: each reads the outputs of the one before it.
+STAGES = ("download", "preprocess", "train", "evaluate", "plots")
+# The train keys that make the weights: evaluate and plots read them only to refuse a model
+# trained with others.
+WEIGHT_KEYS = tuple(f"train.{key}" for key in TrainParams.model_fields if key not in RUNTIME_TRAIN_KEYS)
+# What each stage reads of params.yaml: whole sections or single keys. dvc.yaml lists these
+# minus the run-time-only keys (recorded_keys), so DVC reruns a stage exactly when a setting that
+# can change its outputs changes, and a stage's -S values are written into params.yaml for these.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "download": ("data",),
+    "preprocess": ("preprocess",),
+    "train": ("model", "train", "preprocess"),  # preprocess: to refuse data made with others
+    "evaluate": ("evaluate", "preprocess", "model", *WEIGHT_KEYS),
+    "plots": ("model", *WEIGHT_KEYS),
+}
+
+
+def _leaf_keys(section: type[BaseModel], prefix: str) -> list[str]:
+    keys: list[str] = []
+    for name, field in section.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += _leaf_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+ALL_KEYS = tuple(_leaf_keys(Params, ""))  # every dotted key of params.yaml, e.g. train.augment.flip
+
+
+def expand_keys(names: Sequence[str]) -> frozenset[str]:
+    """Sections and keys as dvc.yaml names them ("model", "train.augment") -> every leaf key."""
+    return frozenset(key for key in ALL_KEYS for name in names if key == name or key.startswith(f"{name}."))
+
+
+def read_keys(stage: str) -> frozenset[str]:
+    """Every params.yaml key `stage` reads, run-time-only ones included."""
+    return expand_keys(STAGE_PARAMS[stage])
+
+
+def owned_keys(stage: str) -> frozenset[str]:
+    """The keys `stage` is the first to read: those its -S values may set in params.yaml."""
+    earlier = STAGES[: STAGES.index(stage)]
+    return read_keys(stage) - frozenset(key for other in earlier for key in read_keys(other))
+
+
+def owner(key: str) -> str:
+    """The stage that sets `key`: the first one that reads it."""
+    return next(stage for stage in STAGES if key in read_keys(stage))
+
+
+def recorded_keys(stage: str) -> frozenset[str]:
+    """The keys dvc.yaml lists for `stage`: those it reads that can change its outputs."""
+    run_time_only = {f"{section}.{key}" for section, keys in RUN_TIME_ONLY.items() for key in keys}
+    return read_keys(stage) - run_time_only
+
 
 def _parse_yaml(text: str, source: str) -> Any:
     """YAML 1.2 as DVC reads params files (ruamel.yaml, safe): no arbitrary objects, no duplicate keys."""
@@ -198,6 +258,15 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ParamsError(f"{where}: invalid YAML: {problem.splitlines()[0]}") from None
 
 
+def did_you_mean(name: str, candidates: Sequence[str]) -> str:
+    """`(did you mean train.epochs?)` for a close match among `candidates`, else "". A key whose
+    last part is the name's (train.flip: train.augment.flip) comes first."""
+    leaf = name.rsplit(".", 1)[-1]
+    same_leaf = [candidate for candidate in candidates if candidate.rsplit(".", 1)[-1] == leaf]
+    close = same_leaf or difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one `-S section.key=value` (the syntax of `dvc exp run -S`); value is read as YAML 1.2."""
     key, separator, value_text = assignment.partition("=")
@@ -208,6 +277,7 @@ def _apply_override(raw: dict[str, Any], assignment: str) -> None:
     if not parents or parents[0] not in SECTIONS:
         raise ParamsError(
             f"-S {key}: {key.split('.')[0]} is not a section of the pipeline ({', '.join(SECTIONS)})"
+            + did_you_mean(key, ALL_KEYS)
         )
     node = raw
     for depth, part in enumerate(parents):
@@ -224,7 +294,11 @@ def _describe(error: Any) -> str:
     kind = error["type"]
     context = error.get("ctx", {})
     if kind == "extra_forbidden":
-        message = "unknown key"
+        message = "unknown key" + did_you_mean(location, ALL_KEYS)
+    elif kind == "bool_type":
+        message = f"must be true or false (YAML 1.2 booleans), not {error['input']!r}"
+    elif kind == "literal_error":
+        message = f"must be one of {context.get('expected', '').replace(chr(39), '')}, not {error['input']!r}"
     elif kind == "missing":
         message = "missing key"
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
@@ -258,12 +332,24 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         raise ParamsError("; ".join(_describe(item) for item in error.errors())) from None
 
 
-def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:
-    """Read params.yaml, apply `-S KEY=VALUE` overrides, validate. Raises ParamsError."""
+def _not_found(path: Path) -> ParamsError:
+    """A missing params file; run from a folder inside the repository, the line names its root."""
+    if not path.is_absolute():
+        for folder in Path.cwd().parents:
+            if (folder / path).is_file() and (folder / "dvc.yaml").is_file():
+                return ParamsError(
+                    f"{path}: params file not found here; run the command from the repository root, "
+                    f"{folder}, where dvc.yaml is (stages read and write paths relative to it)"
+                )
+    return ParamsError(f"{path}: params file not found")
+
+
+def read_params_text(path: Path) -> str:
+    """The params file's text; a missing, unreadable or non-UTF-8 file is a ParamsError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found") from None
+        raise _not_found(path) from None
     except IsADirectoryError:
         raise ParamsError(f"{path}: is a folder, not a params file") from None
     except UnicodeDecodeError as error:
@@ -272,7 +358,11 @@ def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:
         ) from None
     except OSError as error:
         raise ParamsError(f"{path}: cannot read params file: {error.strerror}") from None
-    raw = _parse_yaml(text, str(path))
+
+
+def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:
+    """Read params.yaml, apply `-S KEY=VALUE` overrides, validate. Raises ParamsError."""
+    raw = _parse_yaml(read_params_text(path), str(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -280,6 +370,30 @@ def load_params(path: Path, overrides: Sequence[str] = ()) -> Params:
     for assignment in overrides:
         _apply_override(raw, assignment)
     return parse_params(raw, str(path))
+
+
+def file_values(path: Path) -> dict[str, Any]:
+    """The params file's values by dotted key, as written (no -S, no validation)."""
+    raw = _parse_yaml(read_params_text(path), str(path))
+    return flatten(raw) if isinstance(raw, dict) else {}
+
+
+def write_values(path: Path, values: dict[str, Any]) -> None:
+    """Set dotted keys (`{"train.seed": 21}`) in a params file, its comments and layout kept, as
+    `dvc exp run -S` edits params.yaml (ruamel.yaml's round trip); the file is replaced atomically."""
+    yaml = YAML()
+    yaml.default_flow_style = False
+    yaml.width = 4096  # a long value (a mirror's URL) stays on its key's line
+    document = yaml.load(read_params_text(path))
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = document
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    buffer = io.StringIO()
+    yaml.dump(document, buffer)
+    write_text(path, buffer.getvalue())
 
 
 def trained_params(model: ModelParams, train: TrainParams) -> dict[str, Any]:

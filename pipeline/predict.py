@@ -97,6 +97,8 @@ def classify(
             tta=params.tta,  # as for the test set: the mirror (and 1-pixel shifts) averaged in
             tta_translate=params.tta_translate,
         )
+    if not torch.isfinite(logits).all():  # as evaluate refuses it: no ranking of NaN probabilities
+        raise PipelineError(f"{model_path}: the model gives non-finite logits; nothing was classified")
     probabilities, classes = logits.softmax(1).topk(min(top, len(card.classes)), dim=1)
     readable = iter(zip(classes.tolist(), probabilities.tolist(), strict=True))
     for result in results:

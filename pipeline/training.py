@@ -28,7 +28,13 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.checkpoint import Checkpoint, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from pipeline.checkpoint_folder import Retention, checkpoint_path, prune_checkpoints, remove_checkpoint
+from pipeline.checkpoint_folder import (
+    Retention,
+    checkpoint_path,
+    describe_checkpoints,
+    prune_checkpoints,
+    remove_checkpoint,
+)
 from pipeline.cores import choose_threads, register_training
 from pipeline.data import load_meta, load_split
 from pipeline.distributed import Distributed
@@ -55,6 +61,7 @@ from pipeline.model import build_model
 from pipeline.model_card import ModelCard
 from pipeline.params import ModelParams, TrainParams, trained_params, training_digest
 from pipeline.progress import progress
+from pipeline.source import code_digest
 from pipeline.step import CudaGraphStep, WeightAverage, learning_rate_factor
 
 logger = logging.getLogger(__name__)
@@ -163,14 +170,6 @@ def configure_device(device: torch.device, params: TrainParams) -> None:
         torch.backends.cudnn.benchmark = params.cudnn_benchmark
 
 
-def code_digest() -> str:
-    """SHA-256 of the library's source files (pipeline/*.py): the code a checkpoint was trained by."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
 def data_digest(meta: dict[str, Any]) -> str:
     """SHA-256 of meta.json's content, which holds the SHA-256 of every split file."""
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
@@ -237,8 +236,13 @@ def train(
     report: Report | None = None,
     retention: Retention | None = None,
     resume_hint: str = "run `cifar10 train` again to resume",
+    code_sha256: str | None = None,
 ) -> TrainOutcome | None:
     """Train, resuming from this run's checkpoint in the folder `checkpoints` when there is one.
+
+    `code_sha256` names the training code in checkpoints (pipeline.source.code_digest of the
+    command that trains; by default of this module), so weights trained by other code are never
+    continued.
 
     `report(history, metrics)` is called on the main process after every epoch (and once
     after resuming), so progress can be written while training runs. Returns the outcome on
@@ -249,7 +253,8 @@ def train(
     on_cpu = resolve_device(params.device).type == "cpu"
     # registered before the set-up (seconds on real data), so trainings started together see each other
     with register_training() if on_cpu else contextlib.nullcontext(None) as registration:
-        run = _set_up(model_params, params, prepared, checkpoints, distributed)
+        code = code_sha256 or code_digest(Path(__file__))
+        run = _set_up(model_params, params, prepared, checkpoints, distributed, code)
         run = dataclasses.replace(run, retention=retention, resume_hint=resume_hint)
         state = _resume(run, restart)
         threads = choose_threads(registration, torch.get_num_threads(), state.threads) if on_cpu else None
@@ -279,6 +284,7 @@ def _set_up(
     prepared: Path,
     checkpoints: Path,
     distributed: Distributed | None,
+    code_sha256: str,
 ) -> Run:
     rank, world_size = (distributed.rank, distributed.world_size) if distributed else (0, 1)
     meta = load_meta(prepared)
@@ -322,7 +328,7 @@ def _set_up(
     identity = {
         "params_sha256": training_digest(model_params, params),
         "data_sha256": data_digest(meta),
-        "code_sha256": code_digest(),
+        "code_sha256": code_sha256,
     }
     precision = resolve_precision(params.precision, device, isa)
     if device.type == "cpu" and (distributed is None or distributed.is_main):
@@ -385,7 +391,7 @@ def _resume(run: Run, restart: bool) -> Progress:
         return Progress()
     if not path.exists():
         if run.is_main:
-            logger.info("no checkpoint for these params in %s; training from the start", path.parent)
+            logger.info("%s; training from the start", _no_checkpoint(run))
         return Progress()
     checkpoint = load_checkpoint(path)
     found = (checkpoint.params_sha256, checkpoint.data_sha256, checkpoint.code_sha256)
@@ -399,13 +405,34 @@ def _resume(run: Run, restart: bool) -> Progress:
     if run.average is not None and checkpoint.average is not None:
         run.average.load_state_dict(checkpoint.average)
     restore_rng(checkpoint.rng)
-    if run.is_main:
+    if run.is_main and checkpoint.epoch == run.params.epochs:  # kept until the model is written
+        logger.info("resuming from %s after its last epoch: writing the outputs", path)
+    elif run.is_main:
         logger.info("resuming from %s at epoch %d, step %d", path, checkpoint.epoch + 1, checkpoint.step)
     totals = EpochTotals(**checkpoint.totals)  # type: ignore[arg-type]
     # its thread count continues it bit for bit; with another number of processes nothing does
     same_processes = checkpoint.processes == run.setup.world_size
     threads = checkpoint.threads if same_processes else None
     return Progress(checkpoint.epoch, checkpoint.step, totals, checkpoint.history, threads)
+
+
+def _no_checkpoint(run: Run) -> str:
+    """Why nothing is resumed: no checkpoint of these params and data, or one trained by other code."""
+    identity = run.identity
+    others = [
+        info
+        for info in describe_checkpoints(run.checkpoint.parent)
+        if (info.params_sha256, info.data_sha256) == (identity["params_sha256"], identity["data_sha256"])
+    ]
+    if not others:
+        return f"no checkpoint for these params in {run.checkpoint.parent}"
+    other = others[0]  # the newest
+    return (
+        f"{other.path} holds these params and data at epoch {(other.epoch or 0) + 1}, step {other.step}, "
+        f"but was trained by other code (code {(other.code_sha256 or '?')[:8]}, this checkout's "
+        f"{identity['code_sha256'][:8]}), so it is not resumed: check out that code to resume it "
+        "(`cifar10 checkpoints` lists the code of each)"
+    )
 
 
 def _save_checkpoint(run: Run, state: Progress) -> None:
@@ -485,6 +512,8 @@ def _train_epochs(run: Run, state: Progress, report: Report | None) -> None:
                     raise interrupted()
                 if params.checkpoint_every and state.epoch % params.checkpoint_every == 0:
                     _save_checkpoint(run, state)
+            else:  # the final state, kept until the model is written: a run that fails at its end
+                _save_checkpoint(run, state)  # (params changed meanwhile, a full disk) resumes there
 
 
 def _epoch_row(run: Run, state: Progress, result: dict[str, float]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,18 +13,31 @@ from stages.paths import MAX_DAYS_VARIABLE, MAX_GB_VARIABLE, checkpoint_limits, 
 
 Remove = Annotated[
     list[str] | None,
-    typer.Option("--remove", metavar="NAME", help="Remove this checkpoint (its file name). Repeatable."),
+    typer.Option(
+        "--remove",
+        metavar="RUN",
+        help="Remove this run's checkpoint (its run id as listed, or its file). Repeatable.",
+    ),
 ]
 RemoveAll = Annotated[bool, typer.Option("--all", help="Remove every checkpoint in the folder.")]
 
 SUMMARY_KEYS = ("model.arch", "model.width", "train.epochs", "train.batch_size", "train.lr", "train.seed")
 
 
+def size_text(size: int) -> str:
+    """Bytes as a reader takes them in: 812 B, 45.2 kB, 90.1 MB, 1.25 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
+
+
 def command(remove: Remove = None, remove_all: RemoveAll = False) -> None:
     """List the checkpoints of interrupted runs (newest first), or remove some or all of them.
 
-    Each run (params, data and training code) has one file; `cifar10 train` resumes it. The
-    folder is $CIFAR10_CHECKPOINTS, else checkpoints/ of the repository. Checkpoints older than
+    Each run (params, data and training code) has one file, which `cifar10 train` resumes; the
+    list shows each one's code, marked when it is this checkout's. The folder is
+    $CIFAR10_CHECKPOINTS, else checkpoints/ of the repository. Checkpoints older than
     $CIFAR10_CHECKPOINTS_MAX_DAYS (30) days, and the oldest beyond $CIFAR10_CHECKPOINTS_MAX_GB (5)
     gigabytes, are removed when a run saves one.
     """
@@ -32,34 +46,45 @@ def command(remove: Remove = None, remove_all: RemoveAll = False) -> None:
         from pipeline.checkpoint_folder import describe_checkpoints, remove_checkpoint
         from pipeline.errors import PipelineError
         from pipeline.params import flatten
+        from pipeline.source import code_digest
 
         folder = checkpoints_folder()
         found = describe_checkpoints(folder)
         if remove_all or remove:
-            names = {info.path.name for info in found}
-            unknown = sorted(set(remove or []) - names)
+            by_name = {name: info for info in found for name in (info.run_id, info.path.name, str(info.path))}
+            wanted = [Path(name).name.removesuffix(".safetensors") for name in remove or []]
+            unknown = [name for name, run in zip(remove or [], wanted, strict=True) if run not in by_name]
             if unknown:
-                raise PipelineError(f"no checkpoint {', '.join(unknown)} in {folder}")
-            for info in found:
-                if remove_all or info.path.name in (remove or []):
-                    remove_checkpoint(info.path)
-                    typer.echo(f"removed {info.path}")
+                raise PipelineError(
+                    f"no checkpoint {', '.join(unknown)} in {folder} (`cifar10 checkpoints` lists them)"
+                )
+            chosen = found if remove_all else [by_name[run] for run in dict.fromkeys(wanted)]
+            if not chosen:
+                typer.echo(f"{folder}: no checkpoints to remove")
+            for info in chosen:
+                remove_checkpoint(info.path)
+                typer.echo(f"removed {info.path}")
             return
         gigabytes, days = checkpoint_limits()
-        total = sum(info.size for info in found) / 1e9
         typer.echo(
-            f"{folder}: {len(found)} checkpoint(s), {total:.2f} GB (keeps {gigabytes:g} GB and "
-            f"{days:g} days: {MAX_GB_VARIABLE}, {MAX_DAYS_VARIABLE})"
+            f"{folder}: {len(found)} checkpoint(s), {size_text(sum(info.size for info in found))} (keeps "
+            f"{gigabytes:g} GB and {days:g} days: {MAX_GB_VARIABLE}, {MAX_DAYS_VARIABLE})"
         )
+        ours = code_digest(Path(__file__).with_name("train.py"))
         for info in found:
             when = datetime.datetime.fromtimestamp(info.modified).strftime("%Y-%m-%d %H:%M")
             if info.epoch is None:
-                typer.echo(f"  {info.path.name}  {info.size / 1e6:.0f} MB  {when}  (not readable)")
+                typer.echo(f"  {info.run_id}  {size_text(info.size)}  {when}  (not readable)")
                 continue
             params = flatten(info.params or {})
             summary = " ".join(f"{key}={params[key]}" for key in SUMMARY_KEYS if key in params)
-            position = f"epoch {info.epoch + 1}, step {info.step}"
-            typer.echo(f"  {info.path.name}  {info.size / 1e6:.0f} MB  {when}  at {position}  {summary}")
+            code = (info.code_sha256 or "unknown")[:8] + (
+                " (this checkout's)" if info.code_sha256 == ours else ""
+            )
+            typer.echo(
+                f"  {info.run_id}  {size_text(info.size)}  {when}  at epoch {info.epoch + 1}, "
+                f"step {info.step}  code {code}  {summary}"
+            )
 
 
 if __name__ == "__main__":

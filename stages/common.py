@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from pipeline.errors import PipelineError
-from pipeline.params import Params, differences, load_params
-from stages.paths import LOCKS
+from pipeline.errors import ParamsError, PipelineError
+from pipeline.params import (
+    STAGES,
+    Params,
+    expand_keys,
+    file_values,
+    flatten,
+    load_params,
+    owned_keys,
+    owner,
+    read_keys,
+    recorded_keys,
+    write_values,
+)
+from stages.paths import LOCKS, OUTPUTS
 
 logger = logging.getLogger(__name__)
 
-ParamsFile = Annotated[Path, typer.Option("--params", help="Params file.", show_default=True)]
+ParamsFile = Annotated[Path, typer.Option("--params", metavar="FILE", help="Params file.", show_default=True)]
 Overrides = Annotated[
     list[str] | None,
     typer.Option(
@@ -84,28 +98,118 @@ def read_params(params_file: Path, overrides: list[str] | None) -> Params:
     return load_params(params_file, overrides or [])
 
 
-def note_overrides_unknown_to_dvc(params_file: Path, overrides: list[str] | None) -> None:
-    """Say once, at the end of a stage, that -S values params.yaml does not have are not in DVC's record.
+def remove_outputs(stages: Iterable[str]) -> list[Path]:
+    """Delete what these stages wrote (files and folders); return what was there."""
+    removed = []
+    for stage in stages:
+        for path in OUTPUTS[stage]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            else:
+                continue
+            removed.append(path)
+    return removed
 
-    DVC records params.yaml, not a command's -S options: after `cifar10 train -S train.seed=21`, a
-    `dvc commit` would record the file's seed next to weights of seed 21. `dvc exp run -S` writes
-    the values into params.yaml first, so the record stays right.
+
+class StageRun:
+    """One run of a stage: its params (the file plus -S), and what keeps DVC's record true.
+
+    DVC records the params file beside a stage's outputs (`dvc repro`, `dvc commit`, `dvc exp
+    save`, the run-cache), never a command's options. So a stage's -S values go into the params
+    file before it runs, comments kept, as `dvc exp run -S` does, and the outputs made with the
+    old values (the stage's own and every later stage's) are removed, as DVC removes a stage's
+    outputs before running it. A stage writes only the keys it is the first to read; -S for a key
+    an earlier stage sets (`cifar10 train -S preprocess.val_size=0`) is refused when it differs
+    from the file. And the keys the stage is listed with in dvc.yaml must not change while it
+    runs (a second `dvc exp run -S` in the same workspace rewrites params.yaml): if they do, it
+    writes nothing and says so.
     """
-    if not overrides or not Path("dvc.yaml").exists():
-        return
-    keys = differences(
-        load_params(params_file).model_dump(), load_params(params_file, overrides).model_dump()
-    )
-    if keys:
-        values = " ".join(f"-S {item}" for item in overrides if item.partition("=")[0].strip() in keys)
-        logger.warning(
-            "%s: not what %s says, and DVC records %s: it will not know these values "
-            "(`dvc exp run %s` keeps the record right)",
-            ", ".join(keys),
-            params_file,
-            params_file,
-            values,
-        )
+
+    def __init__(self, stage: str, params_file: Path, overrides: list[str] | None) -> None:
+        self.stage = stage
+        self.params_file = params_file
+        self.overrides = list(overrides or [])
+        self.params = read_params(params_file, self.overrides)
+        self.recorded: dict[str, Any] = {}
+
+    def _recorded_in_file(self) -> dict[str, Any]:
+        values = file_values(self.params_file)
+        return {key: values.get(key) for key in recorded_keys(self.stage)}
+
+    def begin(self, write: bool = True) -> None:
+        """Write this stage's -S values into the params file (after removing the outputs made with
+        the old ones) and note the values it runs with. Call once the stage's lock is held; with
+        `write` false (a worker process of a run) only note them."""
+        given = [  # in the order of the -S options
+            key for item in self.overrides for key in sorted(expand_keys([item.partition("=")[0].strip()]))
+        ]
+        values = flatten(self.params.model_dump(mode="json"))
+        in_file = file_values(self.params_file)
+        ignored = [key for key in dict.fromkeys(given) if key not in read_keys(self.stage)]
+        if ignored:
+            logger.info(
+                "-S %s: not read by `cifar10 %s`; %s keeps its value",
+                ", ".join(ignored),
+                self.stage,
+                self.params_file,
+            )
+        changed = {
+            key: values[key]
+            for key in dict.fromkeys(given)
+            if key in read_keys(self.stage)
+            if write and values[key] != in_file.get(key)
+        }
+        upstream = [key for key in changed if key not in owned_keys(self.stage)]
+        if upstream:
+            key = upstream[0]
+            raise ParamsError(
+                f"-S {key}={json.dumps(changed[key])}: `cifar10 {self.stage}` only checks {key} "
+                f"({self.params_file} has {json.dumps(in_file.get(key))}); it is set by `cifar10 "
+                f"{owner(key)} -S {key}=...` or in {self.params_file}"
+            )
+        if changed:
+            if set(changed) & recorded_keys(self.stage):  # not for run-time-only keys (data.url)
+                removed = remove_outputs(STAGES[STAGES.index(self.stage) :])
+                if removed:
+                    logger.info(
+                        "removed %s: made with the earlier values", ", ".join(str(path) for path in removed)
+                    )
+            write_values(self.params_file, changed)
+            logger.info(
+                "%s: set %s (a stage's -S values are written into it, as `dvc exp run -S` does, so "
+                "that DVC records the params that made the outputs)",
+                self.params_file,
+                " ".join(f"{key}={json.dumps(value)}" for key, value in changed.items()),
+            )
+        self.recorded = self._recorded_in_file()
+
+    def check_unchanged(self, outcome: str = "nothing was written") -> None:
+        """Raise if a key of the params file this stage is listed with changed since it began."""
+        try:
+            now = self._recorded_in_file()
+            changed = sorted(key for key in self.recorded if now[key] != self.recorded[key])
+        except PipelineError as error:
+            changed = [f"it no longer reads: {error}"]
+        if changed:
+            raise PipelineError(
+                f"{self.params_file} changed while `cifar10 {self.stage}` ran ({', '.join(changed)}); "
+                f"{outcome}, as DVC would record the new values beside outputs made with the old: run it "
+                "again (DVC runs one experiment at a time in a workspace: `dvc exp run --queue` or "
+                "`--temp` for more)"
+            )
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around the writing of the stage's outputs: the params are checked before and after."""
+        self.check_unchanged()
+        yield
+        try:
+            self.check_unchanged("the outputs just written were removed")
+        except PipelineError:
+            remove_outputs([self.stage])
+            raise
 
 
 def run_as_script(command: Callable[..., Any]) -> None:

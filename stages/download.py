@@ -7,8 +7,7 @@ from stages.common import (
     DEFAULT_PARAMS,
     Overrides,
     ParamsFile,
-    note_overrides_unknown_to_dvc,
-    read_params,
+    StageRun,
     run_as_script,
     stage_lock,
     user_errors,
@@ -17,12 +16,14 @@ from stages.paths import RAW_ARCHIVE
 
 
 def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = None) -> None:
-    """Fetch the CIFAR-10 binary archive (https, http, file:// or a path) and verify its SHA-256."""
+    """Fetch the CIFAR-10 binary archive (https, http, file:// or a path) and verify its SHA-256
+    (params `data`)."""
     with user_errors():
-        params = read_params(params_file, overrides)
+        run = StageRun("download", params_file, overrides)
         with stage_lock("download"):
-            download(params.data, RAW_ARCHIVE)
-        note_overrides_unknown_to_dvc(params_file, overrides)
+            run.begin()
+            with run.writing():  # the archive appears at its path only once its hash matches
+                download(run.params.data, RAW_ARCHIVE)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ from stages.common import (
     DEFAULT_PARAMS,
     Overrides,
     ParamsFile,
-    note_overrides_unknown_to_dvc,
-    read_params,
+    StageRun,
     run_as_script,
     stage_lock,
     user_errors,
 )
+from stages.model_check import check_model
 from stages.paths import CONFUSION, EVAL_DETAILS, EVAL_METRICS, MODEL, PREPARED
 
 logger = logging.getLogger(__name__)
@@ -24,22 +24,23 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
     """Evaluate the trained model on the test split (params `evaluate`; `model` and `train` to
     refuse a model trained with other params)."""
     with user_errors():
-        params = read_params(params_file, overrides)
+        run = StageRun("evaluate", params_file, overrides)
+        params = run.params
         from pipeline.data import load_meta
         from pipeline.evaluation import evaluate_model
         from pipeline.files import write_json, write_text
         from pipeline.metrics import EVAL_FIGURES, split_figures
-        from pipeline.model_card import check_trained_with, read_card
 
         with stage_lock("evaluate"):
+            run.begin()
             load_meta(PREPARED, params.preprocess)  # data made with other preprocess params: refused now
-            source = f"{params_file}{' with -S' if overrides else ''}"
-            check_trained_with(read_card(MODEL), MODEL, params.model, params.train, source)
+            check_model(params, str(params_file))
             report = evaluate_model(MODEL, PREPARED, params.evaluate)
             figures, details = split_figures(report.metrics, EVAL_FIGURES)
-            write_text(CONFUSION, report.confusion)
-            write_json(EVAL_DETAILS, details)
-            write_json(EVAL_METRICS, figures)
+            with run.writing():
+                write_text(CONFUSION, report.confusion)
+                write_json(EVAL_DETAILS, details)
+                write_json(EVAL_METRICS, figures)
         metrics = report.metrics
         interval = metrics["accuracy_ci95"]
         summary = f"test accuracy {metrics['accuracy']:.2%}"
@@ -49,7 +50,6 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
         logger.info(
             "%s on %d images, %s; wrote %s", summary, metrics["images"], metrics["precision"], EVAL_METRICS
         )
-        note_overrides_unknown_to_dvc(params_file, overrides)
 
 
 if __name__ == "__main__":

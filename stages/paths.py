@@ -18,6 +18,18 @@ EVAL_DETAILS = Path("reports/eval.json")  # per class, intervals, images, precis
 CONFUSION = Path("metrics/confusion.csv")
 PLOTS = Path("plots")  # PNG pictures of the run, written by `cifar10 plots`
 LOCKS = Path(".cifar10")  # one lock file per stage: one run of a stage at a time in this workspace
+PICTURES = tuple(
+    PLOTS / name for name in ("learning_curves.png", "confusion_matrix.png", "confident_mistakes.png")
+)
+
+# What each stage writes: dvc.yaml's outs, metrics and plots of the stage (a test keeps them equal).
+OUTPUTS: dict[str, tuple[Path, ...]] = {
+    "download": (RAW_ARCHIVE,),
+    "preprocess": (PREPARED,),
+    "train": (MODEL, TRAIN_DETAILS, TRAIN_METRICS, TRAIN_LOG),
+    "evaluate": (EVAL_DETAILS, EVAL_METRICS, CONFUSION),
+    "plots": PICTURES,
+}
 
 CHECKPOINTS_VARIABLE = "CIFAR10_CHECKPOINTS"
 

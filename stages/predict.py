@@ -17,10 +17,16 @@ from stages.common import (
     run_as_script,
     user_errors,
 )
+from stages.model_check import check_model
 from stages.paths import MODEL
 
-Images = Annotated[list[Path], typer.Argument(help="PNG, JPEG or TIFF files, any size.", show_default=False)]
-ModelFile = Annotated[Path, typer.Option("--model", help="Weights to use (they carry what predict needs).")]
+Images = Annotated[
+    list[Path],
+    typer.Argument(metavar="IMAGE...", help="PNG, JPEG or TIFF files, any size.", show_default=False),
+]
+ModelFile = Annotated[
+    Path, typer.Option("--model", metavar="FILE", help="Weights to use (they carry what predict needs).")
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
@@ -39,7 +45,7 @@ def command(
     trained with the params there.
     """
     with user_errors():
-        from pipeline.model_card import check_trained_with, read_card
+        from pipeline.errors import ModelFileError
         from pipeline.params import SHIPPED_EVALUATE, EvaluateParams
         from pipeline.predict import classify
 
@@ -49,9 +55,13 @@ def command(
         else:
             params = read_params(params_file, overrides)
             settings = params.evaluate
-            if model == MODEL:  # the repository's own model: it must be that of these params
-                source = f"{params_file}{' with -S' if overrides else ''}"
-                check_trained_with(read_card(MODEL), MODEL, params.model, params.train, source)
+            if model == MODEL and model.is_file():  # the repository's own model: that of these params
+                check_model(params, f"{params_file}{' with -S' if overrides else ''}")
+        if model == MODEL and not model.exists():
+            raise ModelFileError(
+                f"{MODEL}: no trained model here; make one with `dvc repro` (or `cifar10 train`), "
+                "or name one with --model"
+            )
         results = classify(model, images, settings)
     for result in results:
         if "error" in result:

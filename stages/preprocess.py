@@ -9,8 +9,7 @@ from stages.common import (
     DEFAULT_PARAMS,
     Overrides,
     ParamsFile,
-    note_overrides_unknown_to_dvc,
-    read_params,
+    StageRun,
     run_as_script,
     stage_lock,
     user_errors,
@@ -21,14 +20,16 @@ logger = logging.getLogger(__name__)
 
 
 def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = None) -> None:
-    """Parse the archive into uint8 tensors, hold out a stratified validation split, compute mean/std."""
+    """Parse the archive into uint8 tensors, hold out a stratified validation split, compute mean/std
+    (params `preprocess`)."""
     with user_errors():
-        params = read_params(params_file, overrides)
+        run = StageRun("preprocess", params_file, overrides)
         with stage_lock("preprocess"):
-            meta = preprocess(RAW_ARCHIVE, params.preprocess, PREPARED)
+            run.begin()
+            with run.writing():  # data/prepared is replaced as a whole, or not at all
+                meta = preprocess(RAW_ARCHIVE, run.params.preprocess, PREPARED)
         counts = ", ".join(f"{name} {count}" for name, count in meta["counts"].items())
         logger.info("wrote %s: %s images", PREPARED, counts)
-        note_overrides_unknown_to_dvc(params_file, overrides)
 
 
 if __name__ == "__main__":

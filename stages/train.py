@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,9 +15,8 @@ from stages.common import (
     DEFAULT_PARAMS,
     Overrides,
     ParamsFile,
+    StageRun,
     in_dvc_run,
-    note_overrides_unknown_to_dvc,
-    read_params,
     run_as_script,
     stage_lock,
     user_errors,
@@ -62,15 +62,16 @@ def command(
 ) -> None:
     """Train the model (params `model` and `train`); an interrupted run resumes from its checkpoint."""
     with user_errors():
-        params = read_params(params_file, overrides)
+        run = StageRun("train", params_file, overrides)
+        params = run.params
         from pipeline import distributed
         from pipeline.checkpoint_folder import Retention, remove_checkpoint
         from pipeline.data import load_meta
         from pipeline.engine import resolve_device
-        from pipeline.errors import ParamsError, PipelineError
+        from pipeline.errors import ParamsError
         from pipeline.files import write_json
         from pipeline.metrics import split_train_summary
-        from pipeline.params import differences
+        from pipeline.source import code_digest
         from pipeline.training import train
         from pipeline.weights import save_model
 
@@ -80,23 +81,21 @@ def command(
                 f"(train.device {params.train.device} is {resolve_device(params.train.device).type} here)"
             )
         context = distributed.from_environment()
-        with stage_lock("train") if distributed.holds_workspace_lock(context) else contextlib.nullcontext():
+        leads = distributed.holds_workspace_lock(context)
+        with stage_lock("train") if leads else contextlib.nullcontext():
+            run.begin(write=leads)  # the other processes of the run read what it wrote
             load_meta(PREPARED, params.preprocess)  # data made with other preprocess params: refused now
             if context is None and params.train.nproc > 1:
-                arguments = [
-                    "train",
-                    "--params",
-                    str(params_file),
-                    *(f"--set={item}" for item in overrides or []),
-                ]
+                arguments = ["train", "--params", str(params_file)]  # the -S values are in it now
                 distributed.launch(
                     params.train.nproc, arguments + (["--restart"] if restart else []), resume_hint()
                 )
                 return
             if context is None and in_dvc_run():
                 # the test metrics of the last model do not belong to this run: `dvc exp show` shows
-                # no test accuracy beside a running experiment's epochs (evaluate writes it anew)
-                EVAL_METRICS.unlink(missing_ok=True)
+                # no test accuracy beside a running experiment's epochs (evaluate writes it anew). An
+                # empty file, as for a missing one DVC shows the one dvc.lock names, from its cache.
+                write_json(EVAL_METRICS, {})
             if context is not None:
                 distributed.quiet_unless_main(context)
                 distributed.initialize(context, resolve_device(params.train.device).type)
@@ -112,26 +111,16 @@ def command(
                     report=write_progress,
                     retention=Retention(int(gigabytes * 1e9), days * 86400),
                     resume_hint=resume_hint(),
+                    code_sha256=code_digest(Path(__file__)),
                 )
             finally:
                 distributed.shutdown()
             if outcome is None:
                 return
-            now = read_params(params_file, overrides)  # what DVC will record, read again
-            sections = ("model", "train", "preprocess")
-            changed = differences(
-                {name: getattr(params, name).model_dump() for name in sections},
-                {name: getattr(now, name).model_dump() for name in sections},
-            )
-            if changed:
-                raise PipelineError(
-                    f"{params_file} changed while training ({', '.join(changed)}); the model was not "
-                    "written, as it would not match the params recorded with it: run again"
-                )
-            save_model(MODEL, outcome.state, outcome.card)  # the last epoch's report wrote the metrics
-            write_json(TRAIN_DETAILS, split_train_summary(outcome.metrics)[1])
+            with run.writing():  # the final state stays in its checkpoint until the model is written
+                save_model(MODEL, outcome.state, outcome.card)  # the last epoch's report wrote the metrics
+                write_json(TRAIN_DETAILS, split_train_summary(outcome.metrics)[1])
             remove_checkpoint(outcome.checkpoint)
-        note_overrides_unknown_to_dvc(params_file, overrides)
 
 
 if __name__ == "__main__":

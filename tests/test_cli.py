@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -295,12 +298,22 @@ def test_train_refuses_damaged_or_mismatched_data_before_writing(trained: Path) 
     for output in ("metrics/train.json", "metrics/train_log.tsv"):
         (trained / output).unlink()
     weights = (trained / "models/model.safetensors").read_bytes()
-    result = invoke("train", *fast(), "-S", "preprocess.val_size=0")
+    params = (trained / "params.yaml").read_text()
+    result = invoke("train", *fast(), "-S", "preprocess.val_size=0")  # a key an earlier stage sets
     assert_one_line_error(
         result,
+        2,
+        "-S preprocess.val_size=0: `cifar10 train` only checks preprocess.val_size (params.yaml has 20); "
+        "it is set by `cifar10 preprocess -S preprocess.val_size=...` or in params.yaml",
+    )
+    assert (trained / "params.yaml").read_text() == params
+    set_params(trained / "params.yaml", ["preprocess.val_size=0"])  # edited by hand
+    assert_one_line_error(
+        invoke("train"),
         1,
         "data/prepared was made with preprocess.val_size=20 (params say 0); run `cifar10 preprocess`",
     )
+    set_params(trained / "params.yaml", ["preprocess.val_size=20"])
     for stage, split in (("train", "train"), ("evaluate", "test")):
         path = trained / f"data/prepared/{split}.safetensors"
         damaged = bytearray(path.read_bytes())
@@ -370,66 +383,192 @@ def test_a_second_train_in_the_same_workspace_is_refused_at_once(trained: Path) 
 
 
 def test_evaluate_plots_and_predict_refuse_a_model_of_other_params(trained: Path, tmp_path: Path) -> None:
+    for command in ("evaluate", "plots"):  # they only check the model's params: their -S cannot set them
+        result = invoke(command, "-S", "train.seed=7")
+        assert_one_line_error(result, 2, f"-S train.seed=7: `cifar10 {command}` only checks train.seed")
+        assert "it is set by `cifar10 train -S train.seed=...`" in result.stderr
+    set_params(trained / "params.yaml", ["train.seed=7"])  # edited by hand: the model is of seed 0
     for command in ("evaluate", "plots"):
-        result = invoke(command, *fast(), "-S", "train.seed=7")
+        result = invoke(command)
         assert_one_line_error(result, 1, "models/model.safetensors was trained with other params")
-        assert "train.seed=0 in the model, 7 in params.yaml with -S" in result.stderr
-        assert "dvc repro" in result.stderr
+        assert "train.seed=0 in the model, 7 in params.yaml" in result.stderr
+        assert "train it for these params: `dvc repro` (or `cifar10 train`)" in result.stderr
+    set_params(trained / "params.yaml", ["train.seed=0"])
     picture = tmp_path / "a.png"
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(picture)
-    assert_one_line_error(invoke("predict", str(picture), *fast(), "-S", "model.width=8"), 1, "model.width=4")
+    # predict writes no output DVC tracks: its -S is for this command alone, and checked the same way
+    result = invoke("predict", str(picture), "-S", "model.width=8")
+    assert_one_line_error(result, 1, "model.width=4 in the model, 8 in params.yaml with -S")
     assert not (trained / "metrics/eval.json").exists() and not (trained / "plots").exists()
     moved = tmp_path / "elsewhere.safetensors"  # a model named on the command line is the user's choice
     shutil.copy(trained / "models/model.safetensors", moved)
-    assert (
-        invoke("predict", str(picture), "--model", str(moved), *fast(), "-S", "model.width=8").exit_code == 0
-    )
+    assert invoke("predict", str(picture), "--model", str(moved), "-S", "model.width=8").exit_code == 0
+    assert "width: 4" in (trained / "params.yaml").read_text()
 
 
-def test_a_non_finite_loss_leaves_the_last_good_outputs(trained: Path) -> None:
+def test_under_dvc_a_wrong_model_names_the_way_out(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model DVC restored from a run-cache entry recorded while params.yaml changed (tests/
+    test_dvc.py shows that the command named works)."""
+    set_params(trained / "params.yaml", ["train.seed=7"])
+    monkeypatch.setenv("DVC_STAGE", "evaluate")
+    result = invoke("evaluate")
+    assert_one_line_error(result, 1, "train.seed=0 in the model, 7 in params.yaml")
+    assert "`dvc repro --force --downstream train` trains the model for these params" in result.stderr
+
+
+def test_a_non_finite_loss_leaves_the_last_outputs(trained: Path) -> None:
     names = ("models/model.safetensors", "metrics/train.json", "metrics/train_log.tsv")
     outputs = [trained / name for name in names]
     before = [path.read_bytes() for path in outputs]
-    result = invoke("train", *fast(), "-S", "train.lr=1e30", "-S", "train.momentum=0.99")
-    assert_one_line_error(result, 1, "NaN or infinite")
+    set_params(trained / "params.yaml", ["train.lr=1e30", "train.momentum=0.99"])  # edited by hand
+    assert_one_line_error(invoke("train"), 1, "NaN or infinite")
     assert [path.read_bytes() for path in outputs] == before
 
 
-def test_train_writes_no_model_when_params_change_while_it_runs(
-    trained: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_non_finite_model_is_refused_by_evaluate_and_predict(trained: Path, tmp_path: Path) -> None:
+    from pipeline.weights import read_safetensors
+
+    weights = trained / "models/model.safetensors"
+    tensors, metadata = read_safetensors(weights, "model file")
+    broken = {
+        name: tensor.float().fill_(float("nan")) if name.endswith("weight") else tensor
+        for name, tensor in tensors.items()
+    }
+    from safetensors.torch import save_file
+
+    save_file(broken, str(weights), metadata=metadata)
+    picture = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(picture)
+    for command in (["evaluate"], ["predict", str(picture)], ["predict", str(picture), "--json"]):
+        result = invoke(*command)
+        assert_one_line_error(result, 1, "models/model.safetensors: the model gives non-finite logits")
+        assert result.stdout == ""
+    assert not (trained / "metrics/eval.json").exists()
+
+
+def stop_the_first_epoch_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT at the first step boundary of the next training, as Ctrl-C does."""
     import pipeline.training as training
 
-    (trained / "models/model.safetensors").unlink()
+    original = training.train_one_epoch
+
+    def stop_at_once(*args: object, **kwargs: object) -> object:
+        import signal
+
+        signal.raise_signal(signal.SIGINT)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(training, "train_one_epoch", stop_at_once)
+
+
+def edit_params_after_training(monkeypatch: pytest.MonkeyPatch, path: Path, old: str, new: str) -> None:
+    """The next training's params file is edited as it ends, as a second `dvc exp run -S` does."""
+    import pipeline.training as training
+
     original = training.train
 
     def train_while_someone_edits_params(*args: object, **kwargs: object) -> object:
         outcome = original(*args, **kwargs)  # type: ignore[arg-type]
-        text = (
-            (trained / "params.yaml")
-            .read_text()
-            .replace("  seed: 0               # seeds", "  seed: 8  # seeds")
-        )
-        (trained / "params.yaml").write_text(text)  # as a second `dvc exp run -S train.seed=8` does
+        assert old in path.read_text()
+        path.write_text(path.read_text().replace(old, new))
         return outcome
 
     monkeypatch.setattr(training, "train", train_while_someone_edits_params)
-    result = invoke("train", *fast())
-    assert_one_line_error(result, 1, "params.yaml changed while training (train.seed)")
-    assert not (trained / "models/model.safetensors").exists()
 
 
-def test_an_override_dvc_does_not_know_is_said_once_at_the_end(trained: Path) -> None:
-    (trained / "dvc.yaml").write_text("stages: {}\n")  # inside a DVC project
-    result = invoke("evaluate", *fast())
+def test_train_writes_no_model_when_params_change_while_it_runs_and_resumes_at_its_end(
+    trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.weights import read_safetensors
+
+    weights = trained / "models/model.safetensors"
+    expected, _ = read_safetensors(weights, "model file")
+    weights.unlink()
+    with monkeypatch.context() as patch:
+        edit_params_after_training(
+            patch, trained / "params.yaml", "seed: 0               # seeds", "seed: 8  # seeds"
+        )
+        result = invoke("train")
+    assert_one_line_error(
+        result, 1, "params.yaml changed while `cifar10 train` ran (train.seed); nothing was"
+    )
+    assert "`dvc exp run --queue` or `--temp`" in result.stderr
+    assert not weights.exists()
+    # the final state was kept: with the params it was trained for, the run ends without training again
+    (trained / "params.yaml").write_text(
+        (trained / "params.yaml").read_text().replace("  seed: 8 ", "  seed: 0 ")
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr("pipeline.training.train_one_epoch", None)  # no epoch may run
+        resumed = invoke("train")
+    assert resumed.exit_code == 0, resumed.output
+    assert "after its last epoch: writing the outputs" in resumed.stderr
+    written, _ = read_safetensors(weights, "model file")
+    assert written.keys() == expected.keys() and all(
+        torch.equal(written[name], expected[name]) for name in expected
+    )
+    assert list((trained / "checkpoints").iterdir()) == []
+
+
+def test_evaluate_writes_nothing_when_its_params_change_while_it_runs(
+    trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.evaluation as evaluation
+
+    original = evaluation.evaluate
+
+    def evaluate_while_someone_edits_params(*args: object, **kwargs: object) -> object:
+        text = (trained / "params.yaml").read_text()
+        (trained / "params.yaml").write_text(text.replace("  tta: true ", "  tta: false "))
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(evaluation, "evaluate", evaluate_while_someone_edits_params)
+    result = invoke("evaluate")
+    assert_one_line_error(result, 1, "params.yaml changed while `cifar10 evaluate` ran (evaluate.tta)")
+    assert not (trained / "metrics/eval.json").exists()
+
+
+def test_a_run_time_only_key_edited_during_training_changes_nothing(
+    trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    edit_params_after_training(
+        monkeypatch, trained / "params.yaml", "  checkpoint_every: 1 ", "  checkpoint_every: 3 "
+    )
+    result = invoke("train", "-S", "train.epochs=1")
     assert result.exit_code == 0, result.output
-    warnings = [line for line in result.stderr.splitlines() if "DVC records" in line]
-    assert len(warnings) == 1 and "train.epochs" in warnings[0] and "model.width" in warnings[0]
-    assert "-S model.width=4" in warnings[0] and "keeps the record right" in warnings[0]
-    assert result.stderr.rstrip().endswith(warnings[0].strip())  # at the end, after the result
-    set_params(trained / "params.yaml", FAST_TRAINING)
-    agreeing = invoke("evaluate", *fast())  # the same -S, now what params.yaml says: nothing to say
-    assert agreeing.exit_code == 0 and "DVC records" not in agreeing.stderr
+    assert json.loads((trained / "metrics/train.json").read_text())["epoch"] == 1
+
+
+def test_a_stages_overrides_go_into_params_yaml_as_dvc_exp_run_writes_them(trained: Path) -> None:
+    assert invoke("evaluate").exit_code == 0 and invoke("plots").exit_code == 0
+    before = (trained / "params.yaml").read_text()
+    result = invoke(
+        "train", "-S", "train.seed=21", "-S", "train.augment.flip=alternate", "-S", "evaluate.tta=false"
+    )
+    assert result.exit_code == 0, result.output
+    after = (trained / "params.yaml").read_text()
+    changed = [
+        (old, new) for old, new in zip(before.splitlines(), after.splitlines(), strict=True) if old != new
+    ]
+    assert [new.split("#")[0].split() for _, new in changed] == [["seed:", "21"], ["flip:", "alternate"]]
+    assert all(old.split("#")[1] == new.split("#")[1] for old, new in changed)  # comments kept
+    lines = [line for line in result.stderr.splitlines() if "as `dvc exp run -S` does" in line]
+    assert len(lines) == 1 and 'train.seed=21 train.augment.flip="alternate"' in lines[0]
+    assert "-S evaluate.tta: not read by `cifar10 train`; params.yaml keeps its value" in result.stderr
+    # the test metrics and pictures of the seed-0 model are gone: DVC cannot record them with seed 21
+    assert (
+        not (trained / "metrics/eval.json").exists() and not (trained / "plots/confusion_matrix.png").exists()
+    )
+    assert invoke("evaluate").exit_code == 0  # the model is that of params.yaml, no -S needed
+    # a run-time-only value is written too, and makes nothing stale
+    archive = trained / "data/raw/cifar-10-binary.tar.gz"
+    moved = trained / "mirror.tar.gz"
+    shutil.copy(archive, moved)
+    result = invoke("download", "-S", f"data.url={moved}")
+    assert result.exit_code == 0, result.output
+    assert f"url: {moved}" in (trained / "params.yaml").read_text()
+    assert (trained / "metrics/eval.json").exists() and "removed" not in result.stderr
+    assert "WARNING" not in result.stderr and "warning" not in result.stderr.lower()
 
 
 def test_under_dvc_training_drops_the_last_models_test_metrics(
@@ -445,12 +584,12 @@ def test_under_dvc_training_drops_the_last_models_test_metrics(
     original = stages.train.write_progress
 
     def watching(*args: object) -> None:
-        seen.append((trained / "metrics/eval.json").exists())
+        seen.append(json.loads((trained / "metrics/eval.json").read_text()))
         original(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(stages.train, "write_progress", watching)
     assert invoke("train", *fast(), "--restart").exit_code == 0
-    assert seen == [False, False]
+    assert seen == [{}, {}]  # empty: for a missing file DVC would show the last one from its cache
 
 
 def test_predict_outside_a_repository_uses_the_shipped_settings(
@@ -491,35 +630,27 @@ def test_sync_bn_on_the_cpu_is_a_params_error_before_any_worker(project: Path) -
 def test_checkpoints_command_lists_and_removes(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = trained / "shared-checkpoints"
     monkeypatch.setenv("CIFAR10_CHECKPOINTS", str(folder))
-    import pipeline.training as training
-
-    # two interrupted runs: SIGINT at the first step boundary of each
-    for seed in (1, 2):
+    for seed in (1, 2):  # two interrupted runs
         with monkeypatch.context() as patch:
-            original = training.train_one_epoch
-
-            def stop_at_once(*args: object, **kwargs: object) -> object:
-                import signal
-
-                signal.raise_signal(signal.SIGINT)
-                return original(*args, **kwargs)  # type: ignore[arg-type]  # noqa: B023
-
-            patch.setattr(training, "train_one_epoch", stop_at_once)
-            result = invoke("train", *fast(), "-S", f"train.seed={seed}")
+            stop_the_first_epoch_at_once(patch)
+            result = invoke("train", "-S", f"train.seed={seed}")
             assert result.exit_code == 130, result.output
             assert f"checkpoint saved to {folder}" in result.stderr
     listing = invoke("checkpoints")
     assert listing.exit_code == 0, listing.output
     lines = listing.stdout.splitlines()
-    assert lines[0].startswith(f"{folder}: 2 checkpoint(s)") and "CIFAR10_CHECKPOINTS_MAX_GB" in lines[0]
+    assert lines[0].startswith(f"{folder}: 2 checkpoint(s), ") and "CIFAR10_CHECKPOINTS_MAX_GB" in lines[0]
+    assert " kB (keeps" in lines[0] and " kB  " in lines[1]  # width-4 networks: not "0.00 GB"
     assert "train.seed=2" in lines[1] and "train.seed=1" in lines[2] and "at epoch 1, step 1" in lines[1]
-    first = lines[2].split()[0]
-    assert invoke("checkpoints", "--remove", first).exit_code == 0
-    assert sorted(path.name for path in folder.iterdir()) == [lines[1].split()[0]]
-    assert_one_line_error(
-        invoke("checkpoints", "--remove", "nothing.safetensors"), 1, "no checkpoint nothing"
-    )
-    assert invoke("checkpoints", "--all").exit_code == 0 and list(folder.iterdir()) == []
+    assert "(this checkout's)" in lines[1] and "(this checkout's)" in lines[2]
+    second, first = lines[1].split()[0], lines[2].split()[0]
+    assert invoke("checkpoints", "--remove", first).exit_code == 0  # the run id as listed
+    assert sorted(path.name for path in folder.iterdir()) == [f"{second}.safetensors"]
+    assert_one_line_error(invoke("checkpoints", "--remove", "nothing"), 1, "no checkpoint nothing")
+    assert invoke("checkpoints", "--remove", f"{folder}/{second}.safetensors").exit_code == 0  # or its file
+    assert list(folder.iterdir()) == []
+    none = invoke("checkpoints", "--all")
+    assert none.exit_code == 0 and none.stdout == f"{folder}: no checkpoints to remove\n"
 
 
 def test_torch_lines_that_are_not_problems_are_not_shown(capsys: pytest.CaptureFixture[str]) -> None:
@@ -534,3 +665,72 @@ def test_torch_lines_that_are_not_problems_are_not_shown(capsys: pytest.CaptureF
     dynamo.warning("a real problem")
     _, errors = capsys.readouterr()
     assert "Profiler" not in errors and "a real problem" in errors
+
+
+def test_cifar10_runs_the_code_of_the_checkout_it_is_run_in(tmp_path: Path) -> None:
+    """`cifar10` is installed from one checkout (`pip install -e .`); run in another, it runs that
+    one's code, as `python -m stages` (what dvc.yaml runs) does there."""
+    command = Path(sys.executable).parent / "cifar10"
+    assert command.is_file(), "README's install (pip install -e .) puts the cifar10 command beside python"
+    checkout = tmp_path / "other-checkout"
+    for package in ("pipeline", "stages"):
+        shutil.copytree(REPO / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
+    edited = checkout / "stages" / "checkpoints.py"
+    anchor = "    with user_errors():\n        configure_logging()\n"
+    assert anchor in edited.read_text()
+    edited.write_text(
+        edited.read_text().replace(anchor, '    typer.echo("the other checkout\'s code")\n' + anchor)
+    )
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    for arguments in ([str(command)], [sys.executable, "-m", "stages"]):
+        result = subprocess.run(
+            [*arguments, "checkpoints"], cwd=checkout, env=environment, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("the other checkout's code\n"), (arguments, result.stdout)
+    elsewhere = subprocess.run([str(command), "--version"], cwd=tmp_path, capture_output=True, text=True)
+    assert elsewhere.returncode == 0 and elsewhere.stdout.startswith("cifar10 ")
+
+
+def test_a_checkout_whose_code_does_not_load_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stages.cli import CHECKOUT_VARIABLE, run_this_checkouts_code
+
+    for package in ("pipeline", "stages"):
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_code:  # started for this checkout, and still not its code
+        run_this_checkouts_code(["train"], {CHECKOUT_VARIABLE: str(tmp_path)})
+    assert exit_code.value.code == 1
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path} is a checkout of cifar10, but its code does not load here; run `python -m "
+        "stages` with its arguments instead\n"
+    )
+    monkeypatch.chdir(REPO)  # the checkout this code is from: nothing to do
+    run_this_checkouts_code(["train"], {})
+
+
+def test_a_command_run_below_the_repository_root_names_the_root(project: Path) -> None:
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    (project / "data").mkdir()
+    os.chdir(project / "data")
+    assert_one_line_error(
+        invoke("train"),
+        2,
+        f"params.yaml: params file not found here; run the command from the repository root, {project}, "
+        "where dvc.yaml is",
+    )
+
+
+def test_version_and_readable_help() -> None:
+    version = invoke("--version")
+    assert version.exit_code == 0 and version.stdout.startswith("cifar10 ")
+    result = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert "Usage: cifar10 predict [OPTIONS] IMAGE..." in result.stdout
+    for typer_label in ("<bool>", "<list[Path]>", "{images}", "<path>"):
+        assert typer_label not in result.stdout
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+    # a paragraph is reflowed to the width, not broken where the source line ends
+    assert "an unreadable one gets an error line, the\n  others" in result.stdout

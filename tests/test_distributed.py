@@ -21,7 +21,7 @@ from pipeline.data import load_meta, load_split, preprocess
 from pipeline.engine import DeviceSplit, InputTransform, evaluate
 from pipeline.params import PreprocessParams, load_params
 from pipeline.weights import load_model
-from tests.conftest import FAST_TRAINING, REPO, make_tiny_archive
+from tests.conftest import FAST_TRAINING, REPO, make_tiny_archive, set_params
 from tests.small_network import small_network
 
 # fp32, so that two processes and one agree up to floating-point summation order
@@ -52,6 +52,7 @@ def project_folder(folder: Path, data: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "data").symlink_to(data)
     (folder / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    set_params(folder / "params.yaml", ["preprocess.val_size=20"])  # what the shared data was made with
     return folder
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import hashlib
 import json
@@ -162,6 +161,8 @@ def test_repro_experiments_run_cache_and_comparisons(repo: Path, http_server: Se
     dvc(repo, "plots", "show", "-o", "rendered")
     page = (repo / "rendered" / "index.html").read_text()
     assert "train_loss" in page and "predicted" in page
+    for label in ("cross-entropy loss", "accuracy", "seconds"):  # the y axes say what they show
+        assert f'"type": "quantitative", "title": "{label}"' in page, label
     pictures = sorted(path.name for path in (repo / "rendered" / "static").iterdir())
     assert pictures == [
         f"workspace_plots_{name}.png"
@@ -234,6 +235,43 @@ def test_a_queued_sweep_runs_each_point_in_parallel_workspaces_with_the_code_it_
     assert sorted(row[header.index("train.lr") + 2] for row in rows) == ["0.05", "0.4"], table
 
 
+def test_dvc_exp_show_follows_a_running_experiment(baseline: Path, tmp_path: Path) -> None:
+    """The metrics are cached outputs, and `dvc exp show` still shows the epochs of a running
+    training: it reads them from the workspace, where train rewrites them after every epoch."""
+    repo = baseline
+    train = repo / "stages" / "train.py"
+    anchor = "    write_json(TRAIN_METRICS, split_train_summary(summary)[0])\n"
+    pause = (  # after the first epoch's files: hand over, and wait to be resumed (two named pipes)
+        "    if len(history) == 1:\n"
+        "        (Path(os.environ['PAUSE']) / 'written').write_text('1')\n"
+        "        (Path(os.environ['PAUSE']) / 'resume').read_text()\n"
+    )
+    assert anchor in train.read_text()
+    train.write_text(train.read_text().replace(anchor, anchor + pause))
+    for name in ("written", "resume"):
+        os.mkfifo(tmp_path / name)
+    environment = {**os.environ, "PAUSE": str(tmp_path), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    running = subprocess.Popen(
+        [str(BIN / "dvc"), "exp", "run", "-S", "train.epochs=2"],
+        cwd=repo,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert (tmp_path / "written").read_text() == "1"  # the first epoch is done, the second waits
+        table = json.loads(dvc(repo, "exp", "show", "--json"))
+        workspace = next(row for row in table if row["rev"] == "workspace")["data"]
+        assert workspace["metrics"]["metrics/train.json"]["data"]["epoch"] == 1
+        assert workspace["metrics"]["metrics/eval.json"]["data"] == {}  # no test figures of another model
+    finally:
+        (tmp_path / "resume").write_text("go")
+        output, _ = running.communicate(timeout=300)
+    assert running.returncode == 0, output
+    assert json.loads((repo / "metrics/train.json").read_text())["epoch"] == 2
+
+
 def run_the_queue(repo: Path, jobs: int) -> list[str]:
     """`dvc exp run --run-all --jobs N`; the queue's tasks, each asserted to have succeeded.
 
@@ -281,13 +319,43 @@ def test_stages_run_the_checkouts_code_never_an_installed_copy(baseline: Path, t
     assert "code of the checkout" in output and "installed copy" not in output, output
 
 
-def test_a_teammate_pulls_the_results_and_reruns_nothing(baseline: Path, tmp_path: Path) -> None:
-    """README's Sharing results: commit dvc.lock and metrics/, push the cache and the run-cache."""
-    repo, remote = baseline, tmp_path / "remote"
-    dvc(repo, "remote", "add", "-d", "storage", str(remote))
-    shell(repo, "git", "add", "-A")
-    shell(repo, "git", "commit", "-qm", "results")
-    # what git holds of the runs: dvc.lock and metrics/; outputs, checkpoints and locks never
+def docs_block(page: str, name: str) -> str:
+    """The code block that follows `<!-- name -->` on a page of docs/."""
+    text = (REPO / "docs" / page).read_text()
+    after = text[text.index(f"<!-- {name} -->") :]
+    return after.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def run_script(folder: Path, script: str, replacements: dict[str, str]) -> str:
+    """Lines of the docs run by bash as written (placeholders replaced), stopping at the first failure."""
+    for placeholder, value in replacements.items():
+        script = script.replace(placeholder, value)
+    return shell(folder, "bash", "-euo", "pipefail", "-c", script, stderr=True)
+
+
+def model_seed(repo: Path) -> int:
+    from pipeline.model_card import read_card
+
+    params = read_card(repo / "models/model.safetensors").params
+    assert params is not None
+    return int(params["train"]["seed"])
+
+
+def test_the_sharing_flow_of_the_docs_works_as_written(baseline: Path, tmp_path: Path) -> None:
+    """docs/experiments.md, Sharing results: the author's block, then the teammate's, in a fresh clone;
+    a run the author pushed is restored by the run-cache, not trained."""
+    repo, origin = baseline, tmp_path / "origin.git"
+    shell(tmp_path, "git", "init", "-q", "--bare", "-b", "main", str(origin))
+    shell(repo, "git", "remote", "add", "origin", str(origin))
+    shell(repo, "git", "push", "-q", "-u", "origin", "main")
+    first_model = (repo / "models/model.safetensors").read_bytes()  # seed 0, the baseline commit
+    storage = {"/shared/dvc-storage": str(tmp_path / "storage")}
+    run_script(repo, docs_block("experiments.md", "sharing: once"), storage)
+    dvc(repo, "exp", "run", "-S", "train.seed=7")  # an experiment, never committed
+    seed_7_model = (repo / "models/model.safetensors").read_bytes()
+    dvc(repo, "exp", "run", "-S", "train.seed=5")  # the results the author keeps
+    run_script(repo, docs_block("experiments.md", "sharing: author"), storage)
+    # git holds what names the outputs, never an output
     tracked = shell(repo, "git", "ls-files").split()
     assert {path for path in tracked if not path.startswith(("pipeline/", "stages/"))} == {
         ".dvc/.gitignore",
@@ -296,83 +364,136 @@ def test_a_teammate_pulls_the_results_and_reruns_nothing(baseline: Path, tmp_pat
         ".gitignore",
         "dvc.lock",
         "dvc.yaml",
-        "metrics/confusion.csv",
-        "metrics/eval.json",
-        "metrics/train.json",
-        "metrics/train_log.tsv",
         "params.yaml",
-        "plots/.gitignore",
-        "reports/.gitignore",
     }
-    dvc(repo, "push", "--run-cache")
-    first_model = (repo / "models/model.safetensors").read_bytes()
-    shell(repo, "git", "tag", "-a", "cifar10-classifier@v1.0.0", "-m", "v1.0.0", "HEAD")  # gto register
+    assert shell(repo, "git", "status", "--porcelain") == ""
 
-    teammate = tmp_path / "teammate"
-    shell(tmp_path, "git", "clone", "-q", str(repo), str(teammate))
-    dvc(teammate, "pull")
-    assert json.loads(dvc(teammate, "status", "--json")) == {}
-    output = dvc_log(teammate, "repro")
-    assert "Running stage" not in output and "is cached" not in output, output
-    assert (teammate / "models/model.safetensors").read_bytes() == first_model
-    assert (teammate / "plots/confusion_matrix.png").exists()
+    teammate = docs_block("experiments.md", "sharing: teammate").splitlines()
+    assert teammate[0].startswith("git clone") and teammate[1].startswith("dvc pull")
+    run_script(tmp_path, "\n".join(teammate[:2]), {"<repo-url>": str(origin)})
+    clone = tmp_path / "cifar10"
+    assert json.loads(dvc(clone, "status", "--json")) == {}
+    assert "Running stage" not in dvc_log(clone, "repro")
+    assert model_seed(clone) == 5 and (clone / "plots/confusion_matrix.png").exists()
+    output = run_script(clone, "\n".join(teammate[2:]), {})
+    lines = stage_lines(output)
+    for stage in ("train", "evaluate", "plots"):
+        assert lines[stage] == f"Stage '{stage}' is cached - skipping run, checking out outputs", output
+    assert (clone / "models/model.safetensors").read_bytes() == seed_7_model
 
-    # a later version of the model; the registry still hands out v1.0.0 by its version
-    dvc(repo, "exp", "run", "-S", "train.seed=5")
-    shell(repo, "git", "add", "-A")
-    shell(repo, "git", "commit", "-qm", "seed 5")
-    shell(repo, "git", "tag", "-a", "cifar10-classifier@v2.0.0", "-m", "v2.0.0", "HEAD")
+    # the model registry hands out a version by its tag (GTO's format, as `gto register` writes it)
+    shell(repo, "git", "tag", "-a", "cifar10-classifier@v1.0.0", "-m", "v1.0.0", "HEAD~2")  # the baseline
     fetched = tmp_path / "v1.safetensors"
     dvc(repo, "artifacts", "get", str(repo), "cifar10-classifier", "--rev", "v1.0.0", "-o", str(fetched))
     assert fetched.read_bytes() == first_model
-    latest = tmp_path / "latest.safetensors"
-    dvc(repo, "artifacts", "get", str(repo), "cifar10-classifier", "-o", str(latest))
-    assert latest.read_bytes() == (repo / "models/model.safetensors").read_bytes() != first_model
 
 
-def project_imports(path: Path) -> set[str]:
-    """Files of pipeline/ and stages/ that `path` imports, directly or through each other."""
-    found: set[str] = set()
-    pending = [path]
-    while pending:
-        tree = ast.parse(pending.pop().read_text())
-        for node in ast.walk(tree):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-            for name in names:
-                candidate = REPO / (name.replace(".", "/") + ".py")
-                relative = candidate.relative_to(REPO).as_posix()
-                if (
-                    name.split(".")[0] in ("pipeline", "stages")
-                    and candidate.exists()
-                    and relative not in found
-                ):
-                    found.add(relative)
-                    pending.append(candidate)
-    return found
+def test_dvc_commit_and_exp_save_after_a_hand_run_record_what_made_the_outputs(baseline: Path) -> None:
+    """A hand run's -S values go into params.yaml, so `dvc commit` and `dvc exp save` record them,
+    and DVC's run-cache never pairs a model with params it was not trained with."""
+    repo = baseline
+    baseline_eval = (repo / "metrics/eval.json").read_text()
+    for stage in ("train", "evaluate", "plots"):
+        arguments = ["-S", "train.seed=21"] if stage == "train" else []
+        shell(repo, sys.executable, "-m", "stages", stage, *arguments)
+    dvc(repo, "exp", "save", "-n", "by-hand")
+    dvc(repo, "commit", "-f")
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert {
+        lock[stage]["params"]["params.yaml"]["train.seed"] for stage in ("train", "evaluate", "plots")
+    } == {21}
+    assert json.loads(dvc(repo, "status", "--json")) == {}
+    saved = json.loads(dvc(repo, "exp", "show", "--json"))
+    experiments = {
+        experiment["name"]: experiment["revs"][0]["data"]
+        for baseline in saved
+        for experiment in baseline.get("experiments") or []
+    }
+    assert experiments["by-hand"]["params"]["params.yaml"]["data"]["train"]["seed"] == 21
+    # later, going back to seed 0 brings back seed 0's model and figures, not the hand run's
+    dvc(repo, "exp", "run", "-S", "train.seed=3")
+    output = dvc_log(repo, "exp", "run", "-S", "train.seed=0")
+    assert stage_lines(output)["train"].startswith("Stage 'train' is cached"), output
+    assert model_seed(repo) == 0 and (repo / "metrics/eval.json").read_text() == baseline_eval
+
+
+def test_a_run_cache_entry_recorded_while_params_changed_is_named_with_its_way_out(
+    baseline: Path, tmp_path: Path
+) -> None:
+    """params.yaml rewritten just after train's own last check, before DVC reads it (a second `dvc exp
+    run -S` in the same workspace): the run-cache then holds a seed-12 entry with the seed-11 model."""
+    repo = baseline
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import atexit, os, pathlib\n"
+        "if os.environ.get('DVC_STAGE') == 'train':\n"
+        "    path = pathlib.Path('params.yaml')\n"
+        "    atexit.register(lambda: path.write_text(path.read_text().replace('  seed: 11', '  seed: 12')))\n"
+    )
+    racing = {**os.environ, "PYTHONPATH": str(hook)}
+    result = subprocess.run(
+        [str(BIN / "dvc"), "exp", "run", "-S", "train.seed=11"],
+        cwd=repo,
+        env=racing,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0  # evaluate refused the seed-11 model under seed 12
+    assert "train.seed=11 in the model, 12 in params.yaml" in result.stderr + result.stdout
+    shell(repo, "git", "checkout", "--", "params.yaml")
+    result = subprocess.run(
+        [str(BIN / "dvc"), "exp", "run", "-S", "train.seed=12"], cwd=repo, capture_output=True, text=True
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Stage 'train' is cached" in output, output
+    assert "`dvc repro --force --downstream train` trains the model for these params" in output
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["seed"] == 12  # as the run left it
+    dvc(repo, "repro", "--force", "--downstream", "train")  # the way out the error names
+    assert model_seed(repo) == 12
+    dvc(repo, "exp", "run", "-S", "train.seed=3")
+    output = dvc_log(repo, "exp", "run", "-S", "train.seed=12")  # the right entry is now the newest
+    assert stage_lines(output)["train"].startswith("Stage 'train' is cached") and model_seed(repo) == 12
 
 
 @pytest.mark.parametrize("stage", ["download", "preprocess", "train", "evaluate", "plots"])
-def test_each_stage_depends_on_exactly_the_code_it_imports(stage: str) -> None:
+def test_each_stage_depends_on_exactly_the_code_it_imports_and_writes_what_dvc_yaml_says(stage: str) -> None:
+    from pipeline.source import imported_sources
+    from stages.paths import OUTPUTS
+
     definition = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
     code = {dependency for dependency in definition["deps"] if dependency.endswith(".py")}
-    assert code == {f"stages/{stage}.py"} | project_imports(REPO / "stages" / f"{stage}.py")
+    assert code == {path.as_posix() for path in imported_sources(REPO / "stages" / f"{stage}.py")}
+    declared = [
+        next(iter(entry)) if isinstance(entry, dict) else entry
+        for kind in ("outs", "metrics", "plots")
+        for entry in definition.get(kind, [])
+    ]
+    assert sorted(declared) == sorted(path.as_posix() for path in OUTPUTS[stage])
+    # every output in DVC's cache: the run-cache restores all of it, also from a remote
+    options = [
+        next(iter(entry.values()))
+        for kind in ("metrics", "plots")
+        for entry in definition.get(kind, [])
+        if isinstance(entry, dict)
+    ]
+    assert all(option.get("cache", True) for option in options)
 
 
 def test_stages_list_exactly_the_params_that_can_change_their_outputs() -> None:
-    from pipeline.params import RUN_TIME_ONLY, RUNTIME_TRAIN_KEYS, TrainParams
+    from pipeline.params import RUN_TIME_ONLY, RUNTIME_TRAIN_KEYS, TrainParams, expand_keys, recorded_keys
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    listed = {name: set(stage.get("params", [])) for name, stage in stages.items()}
+    for name, stage in stages.items():
+        assert expand_keys(stage.get("params", [])) == recorded_keys(name), name
     every_train_key = {f"train.{key}" for key in TrainParams.model_fields}
-    assert listed["download"] == {"data.sha256"}
-    assert listed["train"] == {"model", "preprocess"} | every_train_key - {
-        f"train.{key}" for key in RUN_TIME_ONLY["train"]
+    weights = expand_keys(["model", *(every_train_key - {f"train.{key}" for key in RUNTIME_TRAIN_KEYS})])
+    assert recorded_keys("download") == {"data.sha256"}
+    assert recorded_keys("train") == expand_keys(["model", "preprocess", *every_train_key]) - {
+        "train.checkpoint_every"
     }
-    weights = {"model"} | every_train_key - {f"train.{key}" for key in RUNTIME_TRAIN_KEYS}
-    assert listed["evaluate"] == {"evaluate", "preprocess"} | weights
-    assert listed["plots"] == weights
+    assert recorded_keys("evaluate") == expand_keys(["evaluate", "preprocess"]) | weights
+    assert recorded_keys("plots") == weights
     for section, keys in RUN_TIME_ONLY.items():  # params.yaml says which settings these are
         lines = (REPO / "params.yaml").read_text().splitlines()
         for key in keys:

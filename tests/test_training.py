@@ -26,8 +26,9 @@ from pipeline.checkpoint_folder import Retention, checkpoint_path, prune_checkpo
 from pipeline.data import load_meta, preprocess
 from pipeline.errors import ModelFileError, PipelineError, TrainingInterrupted
 from pipeline.params import Params, PreprocessParams, load_params, training_digest
-from pipeline.training import TrainOutcome, code_digest, data_digest, train
-from tests.conftest import FAST_TRAINING, REPO, TinyArchive
+from pipeline.source import code_digest
+from pipeline.training import TrainOutcome, data_digest, train
+from tests.conftest import FAST_TRAINING, REPO, TinyArchive, set_params
 
 
 @pytest.fixture
@@ -50,7 +51,8 @@ def run(params: Params, prepared: Path, checkpoints: Path, **options: Any) -> Tr
 def own_checkpoint(params: Params, prepared: Path, checkpoints: Path) -> Path:
     """The checkpoint file of the run with these params and data."""
     digest = training_digest(params.model, params.train)
-    return checkpoint_path(checkpoints, digest, data_digest(load_meta(prepared)), code_digest())
+    code = code_digest(Path(training.__file__))  # what train() records when no code is named
+    return checkpoint_path(checkpoints, digest, data_digest(load_meta(prepared)), code)
 
 
 def interrupt_at(
@@ -191,6 +193,41 @@ def test_a_checkpoint_of_other_params_never_blocks_and_going_back_resumes_it(
 
     restarted = run(fast(), prepared, checkpoints, restart=True)  # --restart discards it
     assert_same_weights(restarted.state, resumed.state)
+
+
+def test_a_checkpoint_of_other_training_code_is_named_not_resumed(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, 3, signal.SIGINT)
+        with pytest.raises(TrainingInterrupted):
+            run(fast(), prepared, checkpoints, code_sha256="a" * 64)
+    (saved,) = checkpoints.iterdir()
+    with caplog.at_level("INFO", logger="pipeline.training"):
+        run(fast(), prepared, checkpoints, code_sha256="b" * 64)
+    assert (
+        f"{saved} holds these params and data at epoch 1, step 3, but was trained by other code (code "
+        "aaaaaaaa, this checkout's bbbbbbbb), so it is not resumed: check out that code to resume it "
+        "(`cifar10 checkpoints` lists the code of each); training from the start"
+    ) in caplog.messages
+    assert load_checkpoint(saved).epoch == 0  # still there, for the code that wrote it
+
+
+def test_the_code_digest_covers_exactly_the_code_train_runs(tmp_path: Path) -> None:
+    checkout = tmp_path / "checkout"
+    for package in ("pipeline", "stages"):
+        shutil.copytree(REPO / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
+    entry = checkout / "stages" / "train.py"
+    before = code_digest(entry, checkout)
+    with (checkout / "pipeline" / "plots.py").open("a") as plots:  # not run by train
+        plots.write("# a comment\n")
+    assert code_digest(entry, checkout) == before
+    for trained_by in ("pipeline/step.py", "stages/common.py"):
+        with (checkout / trained_by).open("a") as source:
+            source.write("# a comment\n")
+        assert code_digest(entry, checkout) != before, trained_by
+        before = code_digest(entry, checkout)
 
 
 def test_short_tries_never_remove_a_long_runs_checkpoint(
@@ -364,6 +401,7 @@ def cli_project(tmp_path: Path, prepared: Path) -> Path:
     (project / "data").mkdir(parents=True)
     prepared.rename(project / "data" / "prepared")
     (project / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    set_params(project / "params.yaml", ["preprocess.val_size=20"])  # what `prepared` was made with
     return project
 
 
