@@ -1,16 +1,21 @@
-"""The GPU benchmark in one command: mirror, data, the real stages per recipe, the step alone.
+"""The GPU benchmark in one command: data, the real stages per recipe, the step alone.
 
-On a machine with one GPU and the kit of ../shared/device (the pydantic and ruamel.yaml wheels,
-build_mirror.py and cifar10-jpeg.npz; see its README for how to carry it):
+On a machine with one GPU, given a copy of the archive (its path and SHA-256) and, for a Python
+without pydantic and ruamel.yaml and without a package index, a folder of their wheels:
 
-    python3 benchmarks/bench_gpu.py --kit .gpu --out $OUT      # about 5.5 minutes on an H200
-    python3 benchmarks/bench_gpu.py --kit .gpu --tiny --out /tmp/gpu-check --budget 900   # CPU, tiny
+    python3 benchmarks/bench_gpu.py --archive cifar-10-binary.tar.gz --sha256 HEX --wheels W --out OUT
+    python3 benchmarks/bench_gpu.py --archive small.tar.gz --sha256 HEX --tiny --out /tmp/check --budget 900
 
-It builds the mirror and prepares the data (`preprocess.val_size=0`), then runs these parts, each
+(about 5.5 minutes on an H200; the second checks the script on a CPU, with a small archive in the
+official layout).
+
+It prepares the data (`preprocess.val_size=0`), then runs these parts, each
 under `timeout`, in this order while its time budget (`--budget`, default 340 s) lasts:
 
 - `default-cold`: the default recipe with an empty compile cache (the first epoch shows the
   compile time), then evaluate with TTA;
+- `lease`: two short trainings started at once, each in its own workspace: on a one-GPU machine
+  the second waits for the first's GPU lease, then both finish (`waited`, `lease_lines`);
 - `step`: the step alone (ResNet-18 w64, batch 500, bf16, channels_last, fused SGD; 100 timed
   steps): eager, eager in a CUDA graph, compiled, compiled in a CUDA graph (the pipeline's own
   step), also at batch 1000, each compiled afresh with its setup time (warm-up steps: compilation,
@@ -50,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+BASE_PARAMS = "params.data.yaml"  # the stage folder's params once the data is prepared
 
 # Fast recipes: overrides of params.yaml, the mirror and preprocess.val_size=0 added to each. Measured
 # on an H200 (benchmarks/results/gpu-h200.json): no cutout and label smoothing 0.2 reach the
@@ -159,16 +165,20 @@ class Bench:
         return completed.returncode
 
 
-def install_kit(bench: Bench, kit: Path) -> None:
-    """The stages need pydantic and ruamel.yaml; the kit carries their wheels for the GPU machine."""
+def install_packages(bench: Bench, wheels: Path | None) -> None:
+    """The stages need pydantic and ruamel.yaml: installed from `wheels` into the work folder when
+    this Python lacks them."""
     try:
         import pydantic  # noqa: F401
         import ruamel.yaml  # noqa: F401
 
         site = None
     except ImportError:
+        if wheels is None:
+            raise SystemExit(
+                "this Python lacks pydantic or ruamel.yaml: give --wheels with their wheels"
+            ) from None
         site = bench.work / "site"
-        wheels = sorted(str(path) for path in (kit / "wheels").glob("*.whl"))
         subprocess.run(
             [
                 sys.executable,
@@ -182,7 +192,7 @@ def install_kit(bench: Bench, kit: Path) -> None:
                 "--upgrade",
                 "--target",
                 str(site),
-                *wheels,
+                *sorted(str(path) for path in wheels.glob("*.whl")),
             ],
             check=True,
         )
@@ -194,27 +204,13 @@ def install_kit(bench: Bench, kit: Path) -> None:
     bench.environment["TRITON_CACHE_DIR"] = str(bench.work / "triton")
 
 
-def prepare_data(bench: Bench, kit: Path) -> list[str]:
-    """Build the mirror, download and preprocess it in the work folder; return the data overrides."""
-    mirror = bench.work / "mirror"
-    command = [
-        sys.executable,
-        str(kit / "build_mirror.py"),
-        str(mirror),
-        "--npz",
-        str(kit / "cifar10-jpeg.npz"),
-    ]
-    if bench.tiny:
-        command += ["--records", "200"]
-    printed = subprocess.run(
-        command, capture_output=True, text=True, check=True, env=bench.environment
-    ).stdout
-    sha256 = next(line.split("=", 1)[1] for line in printed.splitlines() if line.startswith("sha256="))
+def prepare_data(bench: Bench, archive: Path, sha256: str) -> list[str]:
+    """Download (copy) and preprocess the archive in the work folder; return the data overrides."""
     stage = bench.work / "stage"
     stage.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "params.yaml", stage / "params.yaml")
     data = [
-        f"data.url=file://{mirror}/cifar-10-binary.tar.gz",
+        f"data.url={archive.resolve()}",
         f"data.sha256={sha256}",
         "preprocess.val_size=0",
         "train.checkpoint_every=0",
@@ -226,6 +222,8 @@ def prepare_data(bench: Bench, kit: Path) -> list[str]:
             raise SystemExit(
                 f"{name} failed with exit code {code}; see logs/data.log in {bench.out}/logs.tar.gz"
             )
+    # a stage's -S values go into params.yaml: each recipe starts from the params of the data
+    shutil.copy(stage / "params.yaml", stage / BASE_PARAMS)
     return data
 
 
@@ -294,6 +292,7 @@ def recipe(
     stage = bench.work / "stage"
     shutil.rmtree(stage / "metrics", ignore_errors=True)
     shutil.rmtree(stage / "models", ignore_errors=True)
+    shutil.copy(stage / BASE_PARAMS, stage / "params.yaml")  # no value of the recipe before
     started = time.monotonic()
     # --tiny on a 2-core CPU: a recipe run that finds no cached graph compiles cold in C++ (up to
     # 71 s for the compile alone, a Muon recipe run as the only part) before its two tiny epochs
@@ -324,6 +323,48 @@ def recipe(
         for key in ("train_seconds", "steady_epoch_seconds", "test_accuracy", "tta_accuracy")
     }
     bench.note(f"{name}: exit {code}, {wall:.1f} s, {summary}")
+
+
+def lease_part(bench: Bench, overrides: list[str], estimate: float) -> None:
+    """Two short trainings started at once on a one-GPU machine, each in a workspace of its own:
+    the second waits for the first's GPU lease (pipeline/gpu_lease.py), then both finish."""
+    if bench.left() < estimate:
+        bench.results["skipped"].append("lease")
+        bench.note(f"lease: skipped, {bench.left():.0f} s left")
+        return
+    environment = bench.environment | {"CIFAR10_GPU_LEASES": str(bench.work / "leases")}
+    started = time.monotonic()
+    running = []
+    for index in (1, 2):
+        folder = bench.work / f"lease-{index}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        shutil.copy(bench.work / "stage" / BASE_PARAMS, folder / "params.yaml")
+        (folder / "data").symlink_to(bench.work / "stage" / "data")
+        log = (bench.logs / f"lease-{index}.log").open("w")
+        command = ["timeout", f"{estimate * 2:.0f}", *stage_command("train", overrides)]
+        running.append(
+            (
+                subprocess.Popen(command, cwd=folder, env=environment, stdout=log, stderr=subprocess.STDOUT),
+                log,
+            )
+        )
+    codes = []
+    for process, log in running:
+        codes.append(process.wait())
+        log.close()
+    texts = [(bench.logs / f"lease-{index}.log").read_text() for index in (1, 2)]
+    bench.results["parts"]["lease"] = {
+        "overrides": overrides,
+        "exit_codes": codes,
+        "wall_seconds": time.monotonic() - started,
+        "waited": ["waiting for 1 to come free" in text for text in texts],
+        "lease_lines": [
+            [line for line in text.splitlines() if "leased" in line or "waiting" in line] for text in texts
+        ],
+    }
+    bench.save()
+    bench.note(f"lease: exit codes {codes}, {json.dumps(bench.results['parts']['lease']['lease_lines'])}")
 
 
 def step_timings(bench: Bench, estimate: float) -> None:
@@ -503,11 +544,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu.json and the logs")
+    parser.add_argument("--archive", type=Path, required=True, help="a copy of the binary archive")
+    parser.add_argument("--sha256", required=True, help="its SHA-256")
     parser.add_argument(
-        "--kit",
-        type=Path,
-        default=REPO.parent / "shared" / "device",
-        help="the GPU kit: wheels/, build_mirror.py, cifar10-jpeg.npz",
+        "--wheels", type=Path, help="wheels of pydantic and ruamel.yaml, if Python lacks them"
     )
     parser.add_argument("--budget", type=float, default=340, help="seconds for all parts (default 340)")
     parser.add_argument("--tiny", action="store_true", help="check the script on the CPU with tiny settings")
@@ -529,8 +569,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     bench.results["machine"] = machine()
     bench.results["tiny"] = args.tiny
-    install_kit(bench, args.kit)
-    data = prepare_data(bench, args.kit)
+    install_packages(bench, args.wheels)
+    data = prepare_data(bench, args.archive, args.sha256)
     bench.note("data ready")
     tiny = TINY if args.tiny else []
     eager = [*data, "train.epochs=3", "train.compile=false", "train.cuda_graphs=false", *tiny]
@@ -546,6 +586,7 @@ def main() -> None:
     # In priority order; estimates in seconds on the H200 (tiny CPU runs take about as long: compile).
     parts: dict[str, Callable[[], None]] = {
         "default-cold": lambda: recipe(bench, "default-cold-cache", [*data, *tiny], 70),
+        "lease": lambda: lease_part(bench, [*data, "train.epochs=3", "model.width=16", *tiny], 40),
         "step": lambda: step_timings(bench, 75),
         **{
             name: functools.partial(

@@ -94,7 +94,8 @@ def measure(arguments: argparse.Namespace, scratch: Path, checkouts: dict[str, P
                 folder = scratch / f"run-{configuration}-{checkout.name}"
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir()
-                shutil.copyfile(checkout / "params.yaml", folder / "params.yaml")
+                # the params the data was prepared with (a stage's -S values go into params.yaml)
+                shutil.copyfile(scratch / f"data-{checkout.name}" / "params.yaml", folder / "params.yaml")
                 (folder / "data").symlink_to(scratch / f"data-{checkout.name}" / "data")
                 stage(checkout, folder, "train", data_overrides + overrides)
                 seconds = read_train_log(folder / "metrics" / "train_log.tsv")["seconds"].tolist()

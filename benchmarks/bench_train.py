@@ -105,7 +105,7 @@ def plain_loop(arch: str, device: str, prepared: Path, batch: int, warmup: int, 
             return self.transform(Image.fromarray(pictures[index])), int(split_labels[index])
 
     torch.manual_seed(0)
-    model = build_model(arch, 64).to(device)  # type: ignore[arg-type]
+    model = build_model(arch, 64).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loader = DataLoader(Pictures(), batch_size=batch, shuffle=True, num_workers=2, drop_last=True)
     times = []
@@ -147,7 +147,7 @@ def pipeline_loop(
         REPO / "params.yaml", [f"train.batch_size={batch}", f"train.precision={precision}"]
     ).train
     torch.manual_seed(0)
-    model = place_model(build_model(arch, 64), device)  # type: ignore[arg-type]
+    model = place_model(build_model(arch, 64), device)
     runner = compile_model(model, device) if compile else model
     times: list[float] = []
 

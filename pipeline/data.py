@@ -200,9 +200,11 @@ def preprocess(archive_path: Path, params: PreprocessParams, output: Path) -> di
     """Read the archive, split off validation images and write `output/` atomically; return the meta."""
     archive = read_archive(archive_path)
     if params.val_size >= len(archive.train):
+        available = len(archive.train)
         raise PipelineError(
-            f"preprocess.val_size: {params.val_size} leaves no training images "
-            f"(the archive has {len(archive.train)})"
+            f"preprocess.val_size: {params.val_size} leaves no training images (the archive has "
+            f"{available}); the largest that works is {available - 1}, and a tenth ({available // 10}) "
+            "is usual"
         )
     val_indices = stratified_indices(archive.train.labels, params.val_size, params.seed)
     keep = np.ones(len(archive.train), dtype=bool)

@@ -3,8 +3,9 @@
 The file appears at its final path only after its hash matches: bytes go to a partial file in
 the same folder, which is fsynced and renamed over the target. An interrupted transfer resumes
 with a Range request when the server answers 206 with a matching Content-Range, and starts over
-otherwise. Connection errors, timeouts, 5xx and 429 are retried with exponential backoff
-(honouring Retry-After); any other 4xx fails at once; https is never downgraded to http.
+otherwise. Timeouts, dropped connections, 5xx and 429 are retried with exponential backoff
+(honouring Retry-After); a host that does not resolve or refuses the connection, and any other
+4xx, fail at once; https is never downgraded to http.
 """
 
 from __future__ import annotations
@@ -195,6 +196,12 @@ def _download_http(url: str, target: Path, params: DataParams, sleep: Callable[[
                 ) from None
             except (httpx.UnsupportedProtocol, httpx.InvalidURL) as error:  # e.g. a redirect to ftp://
                 raise DownloadError(f"{url}: {error}") from None
+            except httpx.ConnectError as error:  # no such host, or nothing listens: retrying will not help
+                host = error.request.url.host if error.request else urlparse(url).hostname
+                raise DownloadError(
+                    f"cannot reach {host} for data.url {url} ({error}); offline? point data.url and "
+                    "data.sha256 at a copy of the archive (docs/data.md, Using a mirror)"
+                ) from None
             except (_Retry, httpx.TransportError) as error:
                 if failures >= params.retries:
                     attempts = f"{failures + 1} attempt{'s' if failures else ''}"

@@ -126,30 +126,34 @@ class CpuSettings:
     """The settings `auto` stands for on one class of CPU, and the measurement they come from."""
 
     precision: Literal["bf16", "fp32"]
-    compile_resnet18: bool
-    compile_tutorial: bool
+    compiled: frozenset[str]  # architectures (pipeline.architectures) compiled on this class
     routes: Routes
     source: str  # the benchmark result behind the choice
 
     def compile(self, arch: str) -> bool:
-        return self.compile_tutorial if arch == "tutorial" else self.compile_resnet18
+        """Whether `auto` compiles `arch` here: only where measured faster (a new network: eager)."""
+        return arch in self.compiled
 
 
 SETTINGS: dict[IsaClass, CpuSettings] = {
     # AMX (README before this table): bf16 2.88x and bf16 + compile 3.57x the plain loop for
     # ResNet-18; the tutorial net 2.37x in bf16 eager, 2.18x compiled.
-    "amx": CpuSettings("bf16", True, False, AMX_ROUTES, "results/cpu-throughput.md"),
+    "amx": CpuSettings("bf16", frozenset({"resnet18"}), AMX_ROUTES, "results/cpu-throughput.md"),
     # results/cpu-avx512-bf16-routes.md: bf16 2.41x the plain loop for ResNet-18, eager and compiled
     # alike (fp32 1.25x; results/cpu-avx512-bf16.md, with earlier routes: compiled 2% faster); the
     # tutorial net 2.24x in bf16 eager, 2.18x compiled. Compiled ResNet-18 depends on the width here
     # (results/cpu-compile-stage.md, the train stage): at width 64 eager epochs 6% shorter, at width
     # 32 (the CPU recipe) a tie on 5,000 images and compiled 3-5% faster on 50,000, so it compiles.
-    "avx512-bf16": CpuSettings("bf16", True, False, AVX512_BF16_ROUTES, "results/cpu-avx512-bf16-routes.md"),
+    "avx512-bf16": CpuSettings(
+        "bf16", frozenset({"resnet18"}), AVX512_BF16_ROUTES, "results/cpu-avx512-bf16-routes.md"
+    ),
     # results/cpu-avx512-routes.md (emulated): ResNet-18 fp32 eager 1.29x the plain loop, compiled
     # 1.28x (eager faster in both rounds, and compiling peaked at 3.3 GB); the tutorial net
     # compiled 1.43x, eager 1.39x, and in the train stage 3% faster an epoch compiled for 5 s
     # more on the first (cpu-compile-stage.md).
-    "avx512": CpuSettings("fp32", False, True, AVX512_FP32_ROUTES, "results/cpu-avx512-routes.md"),
+    "avx512": CpuSettings(
+        "fp32", frozenset({"tutorial"}), AVX512_FP32_ROUTES, "results/cpu-avx512-routes.md"
+    ),
     # results/cpu-avx2-routes.md (emulated): compiling does not pay on this class. ResNet-18:
     # 1.21x the plain loop eager, 1.16x compiled (results/cpu-avx2.md, before the routes: a tie),
     # and slower compiled in the README's CPU recipe (second epoch 308 s against 287 s eager,
@@ -157,9 +161,9 @@ SETTINGS: dict[IsaClass, CpuSettings] = {
     # eager, 2.33x compiled; eager won every round of results/cpu-avx2.md). (An earlier "NaN when
     # compiled for AVX2" was Inductor's cache mixing vector ISAs: see
     # engine.use_inductor_cache_of_this_vector_isa.)
-    "avx2": CpuSettings("fp32", False, False, AVX2_FP32_ROUTES, "results/cpu-avx2-routes.md"),
+    "avx2": CpuSettings("fp32", frozenset(), AVX2_FP32_ROUTES, "results/cpu-avx2-routes.md"),
     # not measured (Arm, older x86): the safe choice, plain PyTorch in fp32
-    "other": CpuSettings("fp32", False, False, ONEDNN_ONLY, "the safe choice for an unmeasured class"),
+    "other": CpuSettings("fp32", frozenset(), ONEDNN_ONLY, "the safe choice for an unmeasured class"),
 }
 
 

@@ -1,19 +1,21 @@
-"""The two networks: the CIFAR variant of ResNet-18, and the four-block net of the original tutorial.
+"""The networks: the CIFAR variant of ResNet-18, and the four-block net of the PyTorch tutorial.
 
 Both take normalised images [B, 3, 32, 32] and return logits [B, 10]. Shapes in comments are
-for width w = 64. No device, file or precision handling here.
+for width w = 64. No device, file or precision handling here. pipeline/architectures.py names them
+for params.yaml's `model.arch`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import sys
 
 import torch
 import torch.nn.functional as functional
 from torch import Tensor, nn
 
+from pipeline.architectures import ARCHITECTURES
+
 CLASS_COUNT = 10
-Arch = Literal["resnet18", "tutorial"]
 ONEDNN_SAFE_CHANNELS = 16  # narrower strided 1x1 convolutions get PointwiseDownsample (see there)
 
 
@@ -149,9 +151,12 @@ class TutorialNet(nn.Module):
         return logits
 
 
-def build_model(arch: Arch, width: int, classes: int = CLASS_COUNT) -> nn.Module:
-    if arch == "resnet18":
-        return ResNet18(width, classes)
-    if arch == "tutorial":
-        return TutorialNet(width, classes)
-    raise ValueError(f"unknown arch {arch!r}")
+def build_model(arch: str, width: int, classes: int = CLASS_COUNT) -> nn.Module:
+    """The network `arch` names in pipeline.architectures.ARCHITECTURES, freshly initialised."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(
+            f"unknown arch {arch!r} (pipeline/architectures.py lists {', '.join(ARCHITECTURES)})"
+        )
+    builder = getattr(sys.modules[__name__], ARCHITECTURES[arch].builder)
+    model: nn.Module = builder(width, classes)
+    return model

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from pipeline.architectures import ARCHITECTURES
 from pipeline.errors import ParamsError
 from pipeline.files import write_text
 
@@ -73,8 +74,16 @@ class PreprocessParams(Section):
 
 
 class ModelParams(Section):
-    arch: Literal["resnet18", "tutorial"]
+    arch: str  # a name of pipeline/architectures.py
     width: int = Field(ge=1, le=1024)  # channels of the first stage
+
+    @field_validator("arch")
+    @classmethod
+    def _registered(cls, arch: str) -> str:
+        if arch not in ARCHITECTURES:
+            names = list(ARCHITECTURES)
+            raise ValueError(f"must be one of {', '.join(names[:-1])} or {names[-1]}, not {arch!r}")
+        return arch
 
 
 class AugmentParams(Section):

@@ -36,7 +36,7 @@ def load_model(path: Path, device: torch.device) -> tuple[nn.Module, ModelCard]:
     tensors, metadata = read_safetensors(path, "model file")
     card = ModelCard.from_metadata(metadata, path)
     try:
-        model = build_model(card.arch, card.width, len(card.classes))  # type: ignore[arg-type]
+        model = build_model(card.arch, card.width, len(card.classes))
         model.load_state_dict(tensors, strict=True)
     except (RuntimeError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0]

@@ -70,19 +70,27 @@ def command(
         from pipeline.engine import resolve_device
         from pipeline.errors import ParamsError
         from pipeline.files import write_json
+        from pipeline.gpu_lease import leased_gpus
         from pipeline.metrics import split_train_summary
         from pipeline.source import code_digest
         from pipeline.training import train
         from pipeline.weights import save_model
 
-        if params.train.sync_bn and resolve_device(params.train.device).type != "cuda":
-            raise ParamsError(  # before any worker starts: one line, not one per process
-                "train.sync_bn: PyTorch's SyncBatchNorm works on CUDA devices only "
-                f"(train.device {params.train.device} is {resolve_device(params.train.device).type} here)"
-            )
         context = distributed.from_environment()
         leads = distributed.holds_workspace_lock(context)
-        with stage_lock("train") if leads else contextlib.nullcontext():
+        with (
+            stage_lock("train") if leads else contextlib.nullcontext(),
+            # a GPU of its own (nproc: as many), before CUDA initialises; under torchrun each
+            # process keeps the device its local rank gives it
+            leased_gpus(params.train.device, params.train.nproc)
+            if context is None
+            else contextlib.nullcontext(),
+        ):
+            if params.train.sync_bn and resolve_device(params.train.device).type != "cuda":
+                raise ParamsError(  # before any worker starts: one line, not one per process
+                    "train.sync_bn: PyTorch's SyncBatchNorm works on CUDA devices only "
+                    f"(train.device {params.train.device} is {resolve_device(params.train.device).type} here)"
+                )
             run.begin(write=leads)  # the other processes of the run read what it wrote
             load_meta(PREPARED, params.preprocess)  # data made with other preprocess params: refused now
             if context is None and params.train.nproc > 1:

@@ -99,7 +99,7 @@ def test_autocast_gives_bf16_outputs_and_float32_gradients() -> None:
 @pytest.mark.parametrize("arch", ["resnet18", "tutorial"])
 def test_swapping_keeps_parameters_and_outputs(arch: str) -> None:
     torch.manual_seed(0)
-    model = build_model(arch, 8).double().eval()  # type: ignore[arg-type]
+    model = build_model(arch, 8).double().eval()
     before = dict(model.named_parameters())
     state_keys = list(model.state_dict())
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)

@@ -78,9 +78,15 @@ def test_stratified_indices_follow_class_shares() -> None:
 
 
 def test_val_size_too_large_is_an_error(tiny_archive: TinyArchive, tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match=r"preprocess\.val_size"):
+    with pytest.raises(PipelineError) as raised:
         preprocess(tiny_archive.path, PreprocessParams(val_size=100, seed=0), tmp_path / "prepared")
+    assert str(raised.value) == (
+        "preprocess.val_size: 100 leaves no training images (the archive has 100); the largest that "
+        "works is 99, and a tenth (10) is usual"
+    )
     assert not (tmp_path / "prepared").exists()
+    largest = preprocess(tiny_archive.path, PreprocessParams(val_size=99, seed=0), tmp_path / "prepared")
+    assert largest["counts"] == {"train": 1, "test": 20, "val": 99}
 
 
 def bad_archive(tmp_path: Path, case: str) -> Path:

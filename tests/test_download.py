@@ -255,3 +255,27 @@ def test_one_attempt_is_said_in_the_singular(
         download(
             data_params(served.url, tiny_archive.sha256, retries=0), tmp_path / "a.tar.gz", sleep=Sleeps()
         )
+
+
+def test_an_unreachable_host_fails_at_once_naming_data_url_and_the_mirror_docs(
+    tiny_archive: TinyArchive, tmp_path: Path
+) -> None:
+    """Offline, or nothing listening: no retries to wait through (a closed port on 127.0.0.1 refuses
+    at once, as a name that does not resolve fails)."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/cifar-10-binary.tar.gz"
+    sleeps = Sleeps()
+    with pytest.raises(DownloadError) as raised:
+        target = tmp_path / "raw" / "a.tar.gz"
+        download(data_params(url, tiny_archive.sha256, retries=5), target, sleep=sleeps)
+    message = str(raised.value)
+    assert message.startswith(f"cannot reach 127.0.0.1 for data.url {url} (")
+    assert message.endswith(
+        "offline? point data.url and data.sha256 at a copy of the archive (docs/data.md, Using a mirror)"
+    )
+    assert sleeps == [] and leftovers(tmp_path / "raw") == []
+    assert "## Using a mirror" in (Path(__file__).parent.parent / "docs" / "data.md").read_text()

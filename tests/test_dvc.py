@@ -388,6 +388,44 @@ def test_the_sharing_flow_of_the_docs_works_as_written(baseline: Path, tmp_path:
     assert fetched.read_bytes() == first_model
 
 
+def test_experiments_of_several_machines_in_one_table(baseline: Path, tmp_path: Path) -> None:
+    """docs/distributed.md, Several machines: two clones stand for two machines; each runs its share
+    of a sweep and pushes it; anyone then pulls every machine's experiments into one `dvc exp show`
+    and gets any one's model with `dvc exp apply` and `dvc pull`."""
+    origin = tmp_path / "origin.git"
+    shell(tmp_path, "git", "init", "-q", "--bare", "-b", "main", str(origin))
+    dvc(baseline, "remote", "add", "-d", "storage", str(tmp_path / "storage"))
+    shell(baseline, "git", "add", ".dvc/config")
+    shell(baseline, "git", "commit", "-qm", "DVC remote")
+    shell(baseline, "git", "remote", "add", "origin", str(origin))
+    shell(baseline, "git", "push", "-q", "-u", "origin", "main")
+    dvc(baseline, "push")
+    machines = {}
+    for name, seed in (("first", 1), ("second", 2)):
+        machine = tmp_path / name
+        shell(tmp_path, "git", "clone", "-q", str(origin), str(machine))
+        dvc(machine, "pull")  # the data of the commit: no machine downloads or prepares it again
+        output = dvc_log(machine, "exp", "run", "-n", f"seed-{seed}", "-S", f"train.seed={seed}")
+        assert "Running stage 'train'" in output and "Running stage 'preprocess'" not in output, output
+        dvc(machine, "exp", "push", "origin", "-A")
+        machines[name] = machine
+    anyone = tmp_path / "anyone"
+    shell(tmp_path, "git", "clone", "-q", str(origin), str(anyone))
+    dvc(anyone, "exp", "pull", "origin", "-A")
+    table = json.loads(dvc(anyone, "exp", "show", "--json"))
+    seeds = {
+        experiment["name"]: experiment["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["seed"]
+        for row in table
+        for experiment in row.get("experiments") or []
+    }
+    assert seeds == {"seed-1": 1, "seed-2": 2}
+    dvc(anyone, "exp", "apply", "seed-2")
+    dvc(anyone, "pull")
+    assert model_seed(anyone) == 2
+    model = (anyone / "models/model.safetensors").read_bytes()
+    assert model == (machines["second"] / "models/model.safetensors").read_bytes()
+
+
 def test_dvc_commit_and_exp_save_after_a_hand_run_record_what_made_the_outputs(baseline: Path) -> None:
     """A hand run's -S values go into params.yaml, so `dvc commit` and `dvc exp save` record them,
     and DVC's run-cache never pairs a model with params it was not trained with."""

@@ -13,12 +13,12 @@ def parameter_count(model: nn.Module) -> int:
 
 @pytest.mark.parametrize(("arch", "count"), [("resnet18", 11_173_962), ("tutorial", 9_553_674)])
 def test_parameter_counts_at_width_64(arch: str, count: int) -> None:
-    assert parameter_count(build_model(arch, 64)) == count  # type: ignore[arg-type]
+    assert parameter_count(build_model(arch, 64)) == count
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "tutorial"])
 def test_logits_shape(arch: str) -> None:
-    model = build_model(arch, 4)  # type: ignore[arg-type]
+    model = build_model(arch, 4)
     assert model(torch.randn(3, 3, 32, 32)).shape == (3, 10)
 
 
@@ -69,7 +69,30 @@ def test_tutorial_block4_sums_the_broadcast_map() -> None:
 
 def test_unknown_arch_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown arch"):
-        build_model("vgg", 8)  # type: ignore[arg-type]
+        build_model("vgg", 8)
+
+
+def test_a_new_network_is_one_builder_and_one_line_in_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/extending.md: what params, the model builder and the CPU's auto read comes from
+    pipeline/architectures.py alone."""
+    import pipeline.model as model
+    from pipeline.architectures import ARCHITECTURES, Architecture
+    from pipeline.hardware import SETTINGS
+    from pipeline.params import load_params
+    from tests.conftest import REPO
+
+    for name, architecture in ARCHITECTURES.items():  # each name builds, and is its builder's network
+        assert type(build_model(name, 4)).__name__ == architecture.builder
+    assert all(network in ARCHITECTURES for settings in SETTINGS.values() for network in settings.compiled)
+
+    def tiny(width: int, classes: int) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, classes))
+
+    monkeypatch.setattr(model, "Tiny", tiny, raising=False)
+    monkeypatch.setitem(ARCHITECTURES, "tiny", Architecture("Tiny", "a linear classifier"))
+    assert load_params(REPO / "params.yaml", ["model.arch=tiny"]).model.arch == "tiny"
+    assert build_model("tiny", 4)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert not any(settings.compile("tiny") for settings in SETTINGS.values())  # eager until measured
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -106,9 +129,9 @@ def test_narrow_strided_shortcuts_get_right_gradients_in_channels_last(
 
 @pytest.mark.parametrize("arch", ["resnet18", "tutorial"])
 def test_only_narrow_strided_shortcuts_are_computed_on_every_other_pixel(arch: str) -> None:
-    narrow = build_model(arch, 4)  # type: ignore[arg-type]
+    narrow = build_model(arch, 4)
     downsamples = [module for module in narrow.modules() if isinstance(module, PointwiseDownsample)]
     assert [module.in_channels for module in downsamples] == [4, 8]  # 16 -> 32 is left to oneDNN
-    wide = build_model(arch, 16)  # type: ignore[arg-type]
+    wide = build_model(arch, 16)
     assert not any(isinstance(module, PointwiseDownsample) for module in wide.modules())
     assert list(narrow.state_dict()) == list(wide.state_dict())  # the same names at any width
