@@ -482,6 +482,7 @@ def test_train_writes_no_model_when_params_change_while_it_runs_and_resumes_at_i
     from pipeline.weights import read_safetensors
 
     weights = trained / "models/model.safetensors"
+    assert invoke("train", "--restart").exit_code == 0  # the weights of these params, at this thread count
     expected, _ = read_safetensors(weights, "model file")
     weights.unlink()
     with monkeypatch.context() as patch:
@@ -734,3 +735,14 @@ def test_version_and_readable_help() -> None:
     assert all(len(line) <= 80 for line in result.stdout.splitlines())
     # a paragraph is reflowed to the width, not broken where the source line ends
     assert "an unreadable one gets an error line, the\n  others" in result.stdout
+
+
+def test_predict_without_a_model_names_the_command_that_makes_one(project: Path, tmp_path: Path) -> None:
+    picture = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(picture)
+    assert_one_line_error(
+        invoke("predict", str(picture)),
+        1,
+        "models/model.safetensors: no trained model here; make one with `dvc repro` (or `cifar10 train`), "
+        "or name one with --model",
+    )

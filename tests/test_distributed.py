@@ -254,7 +254,8 @@ def test_one_process_under_torchrun_matches_the_plain_run_with_batchnorm(project
     under_torchrun = subprocess.run(
         [*launcher, *stage_arguments("train.checkpoint_every=0")],
         cwd=project,
-        env=environment(project, ""),
+        # the plain run's thread count, whatever else trains on the machine: the same last bits
+        env=environment(project, "") | {"OMP_NUM_THREADS": str(cores.available_cores())},
         capture_output=True,
         text=True,
         timeout=600,
