@@ -136,7 +136,7 @@ class CpuSettings:
 
 
 SETTINGS: dict[IsaClass, CpuSettings] = {
-    # AMX (README before this table): bf16 2.88x and bf16 + compile 3.57x the plain loop for
+    # AMX (results/cpu-throughput.md): bf16 2.88x and bf16 + compile 3.57x the plain loop for
     # ResNet-18; the tutorial net 2.37x in bf16 eager, 2.18x compiled.
     "amx": CpuSettings("bf16", frozenset({"resnet18"}), AMX_ROUTES, "results/cpu-throughput.md"),
     # results/cpu-avx512-bf16-routes.md: bf16 2.41x the plain loop for ResNet-18, eager and compiled
@@ -156,7 +156,7 @@ SETTINGS: dict[IsaClass, CpuSettings] = {
     ),
     # results/cpu-avx2-routes.md (emulated): compiling does not pay on this class. ResNet-18:
     # 1.21x the plain loop eager, 1.16x compiled (results/cpu-avx2.md, before the routes: a tie),
-    # and slower compiled in the README's CPU recipe (second epoch 308 s against 287 s eager,
+    # and slower compiled in the earlier CPU recipe (second epoch 308 s against 287 s eager,
     # results/cpu-recipe-per-class.md) after 40 s of compiling; the tutorial net a tie (2.31x
     # eager, 2.33x compiled; eager won every round of results/cpu-avx2.md). (An earlier "NaN when
     # compiled for AVX2" was Inductor's cache mixing vector ISAs: see

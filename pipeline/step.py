@@ -258,7 +258,7 @@ class CudaGraphStep:
         finally:
             saved.restore(self.step)  # capture records without running: only the warm-up changed state
         self.graph, self.inputs = graph, inputs
-        # Host seconds: what the first epoch spends before its first replay (README, GPU).
+        # Host seconds: what the first epoch spends before its first replay (docs/performance.md, On one GPU).
         logger.info(
             "train.cuda_graphs: step captured in %.1f s (%d warm-up steps, compilation included: %.1f s)",
             time.perf_counter() - started,

@@ -166,7 +166,7 @@ def configure_device(device: torch.device, params: TrainParams) -> None:
         keep_freed_memory()
     if device.type == "cuda":
         # Timing cuDNN's algorithms runs each convolution shape several ways in its first steps;
-        # the heuristics pick at once, maybe a slower algorithm (README, GPU).
+        # the heuristics pick at once, maybe a slower algorithm (docs/performance.md, On one GPU).
         torch.backends.cudnn.benchmark = params.cudnn_benchmark
 
 
