@@ -14,14 +14,14 @@ repeated.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.lock import count_registered, registered
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +40,6 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def running_trainings(folder: Path) -> int:
-    """How many registered trainings are alive; files of dead ones are removed."""
-    alive = 0
-    for path in folder.glob("*.lock"):
-        try:
-            with path.open("a") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    alive += 1
-                    continue
-                path.unlink(missing_ok=True)  # nobody holds it: its training has ended
-        except FileNotFoundError:
-            continue
-    return alive
-
-
 @dataclass(frozen=True)
 class Registration:
     """This training's place among the trainings running; it counts while its block runs."""
@@ -65,7 +48,7 @@ class Registration:
 
     def share(self) -> tuple[int, int]:
         """The trainings running now (this one included) and this one's share of the cores."""
-        running = max(1, running_trainings(self.folder))
+        running = max(1, count_registered(self.folder))
         return running, max(1, available_cores() // running)
 
 
@@ -80,17 +63,8 @@ def register_training(folder: Path | None = None) -> Iterator[Registration | Non
         yield None
         return
     folder = folder or registry_folder()
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    claiming, path = folder / f"{name}.claiming", folder / f"{name}.lock"
-    with claiming.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        os.replace(claiming, path)  # counted only once locked: never taken for a dead training's file
-        try:
-            yield Registration(folder)
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            path.unlink(missing_ok=True)
+    with registered(folder):
+        yield Registration(folder)
 
 
 def choose_threads(registration: Registration | None, current: int, checkpointed: int | None) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipeline.errors import PipelineError
+from pipeline.lock import count_registered, registered
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +64,10 @@ def _try_lock(handle: IO[Any]) -> bool:
     return True
 
 
-def _held(folder: Path, pattern: str) -> int:
-    """How many of the files matching `pattern` are locked by a running process."""
+def _gpus_in_use(folder: Path) -> int:
+    """How many GPUs' lock files are locked by a running process (files stay: see take)."""
     count = 0
-    for path in folder.glob(pattern):
+    for path in folder.glob("gpu-*.lock"):
         with contextlib.suppress(OSError), _open_lock(path) as handle:
             if _try_lock(handle):
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -102,12 +103,15 @@ def take(
             f"train.nproc: {count} processes need {count} GPUs, {len(devices)} visible here "
             f"({VISIBLE_VARIABLE}={','.join(devices)})"
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):  # every user's trainings lease here
-        folder.chmod(0o1777)
-    waiting: IO[Any] | None = None
-    try:
+    waiting = folder / "waiting"  # the trainings waiting for a lease register here
+    waiting.mkdir(parents=True, exist_ok=True)
+    for shared in (folder, waiting):
+        with contextlib.suppress(OSError):  # every user's trainings lease here
+            shared.chmod(0o1777)
+    with contextlib.ExitStack() as registration:
+        said = False
         while True:
+            # a GPU's lock file is never removed: a training may hold it open to lock it
             handles: list[IO[Any]] = []
             taken: list[str] = []
             for device in devices:
@@ -121,27 +125,23 @@ def take(
                     handle.close()
             for handle in handles:  # not enough free: hold none while waiting
                 handle.close()
-            if waiting is None:
-                waiting = _open_lock(folder / f"waiting-{os.getpid()}.lock")
-                _try_lock(waiting)
+            if not said:
+                registration.enter_context(registered(waiting))
                 logger.info(
                     "all %d GPU(s) leased by other trainings; waiting for %d to come free (%d "
                     "training(s) waiting, this one included)",
                     len(devices),
                     count,
-                    _held(folder, "waiting-*.lock"),
+                    count_registered(waiting),
                 )
+                said = True
             sleep(POLL_SECONDS)
-    finally:
-        if waiting is not None:
-            waiting.close()
-            (folder / f"waiting-{os.getpid()}.lock").unlink(missing_ok=True)
 
 
 def describe(lease: Lease, folder: Path) -> str:
     """`GPU 2 of 4 (leased; 3 in use)`: the GPUs taken, and how many of the machine's are leased."""
     label = "GPU" if len(lease.devices) == 1 else "GPUs"
-    return f"{label} {', '.join(lease.devices)} of {lease.of} (leased; {_held(folder, 'gpu-*.lock')} in use)"
+    return f"{label} {', '.join(lease.devices)} of {lease.of} (leased; {_gpus_in_use(folder)} in use)"
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""One run of a stage at a time in a workspace: an exclusive lock on a file in the workspace.
+"""Locks on files: one run of a stage at a time in a workspace, and counts of running processes.
 
 The lock is `flock` on an open file. The operating system releases it when its holder exits in
 any way, kill -9 included, so a lock left by a dead process is taken over without asking, and
@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,3 +37,44 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
         handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
         yield  # the lock goes when the file is closed, or when the process dies
+
+
+@contextlib.contextmanager
+def registered(folder: Path) -> Iterator[None]:
+    """Count this process among those registered in `folder` while the body runs.
+
+    It holds an flock on a file of its own there, which takes its counted name only once locked,
+    so a count never takes it for a dead process's file. The file is readable by every user, so
+    a folder that users share counts all of them.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    claiming, path = folder / f"{name}.claiming", folder / f"{name}.lock"
+    descriptor = os.open(claiming, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.fchmod(descriptor, 0o644)  # whatever the umask: other users count it
+    with os.fdopen(descriptor, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        os.replace(claiming, path)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            path.unlink(missing_ok=True)
+
+
+def count_registered(folder: Path) -> int:
+    """How many processes registered in `folder` are alive; files of dead ones are removed."""
+    alive = 0
+    for path in folder.glob("*.lock"):
+        try:
+            with path.open("r") as handle:  # flock needs no write access: any user's file counts
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    alive += 1
+                    continue
+                with contextlib.suppress(PermissionError):  # another user's, in a sticky folder
+                    path.unlink(missing_ok=True)  # nobody holds it: its process has ended
+        except FileNotFoundError:
+            continue
+    return alive

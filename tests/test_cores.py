@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import pipeline.cores as cores
-from pipeline.cores import choose_threads, register_training, running_trainings
+from pipeline.cores import choose_threads, register_training
+from pipeline.lock import count_registered
 from tests.conftest import REPO
 
 
@@ -23,7 +24,7 @@ def test_each_training_takes_its_share_when_its_first_step_is_due(tmp_path: Path
     with register_training(tmp_path) as first:
         assert first is not None and choose_threads(first, 2, None) == 4  # alone
         with register_training(tmp_path) as second:
-            assert running_trainings(tmp_path) == 2
+            assert count_registered(tmp_path) == 2
             assert choose_threads(second, 2, None) == 2
         assert first.share() == (1, 4)  # what a training starting now would take
     assert list(tmp_path.iterdir()) == []
@@ -65,7 +66,7 @@ def test_another_process_counts_and_a_dead_ones_file_does_not(tmp_path: Path, fo
     child.stdin.write("done\n")
     child.stdin.flush()
     assert child.wait(timeout=60) == 0
-    assert running_trainings(tmp_path) == 0
+    assert count_registered(tmp_path) == 0
 
 
 def test_threads_the_user_set_are_left_alone(

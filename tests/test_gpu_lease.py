@@ -103,6 +103,24 @@ def test_a_killed_holder_frees_its_gpu(tmp_path: Path, trainings: list[Training]
     assert successor.line() == "GPU 0 of 1 (leased; 1 in use)" and successor.line() == "holding 0"
 
 
+def test_a_killed_waiter_is_not_counted_and_its_file_goes(tmp_path: Path, trainings: list[Training]) -> None:
+    holder = Training(tmp_path, gpus=1)
+    trainings.append(holder)
+    assert holder.line() == "GPU 0 of 1 (leased; 1 in use)"
+    waiter = Training(tmp_path, gpus=1)
+    trainings.append(waiter)
+    assert waiter.line().endswith("(1 training(s) waiting, this one included)")
+    waiter.process.send_signal(signal.SIGKILL)
+    waiter.process.wait()
+    assert len(list((tmp_path / "waiting").glob("*.lock"))) == 1  # left behind by kill -9
+    another = Training(tmp_path, gpus=1)
+    trainings.append(another)
+    assert another.line().endswith("(1 training(s) waiting, this one included)")
+    holder.finish()
+    assert another.line() == "GPU 0 of 1 (leased; 1 in use)"
+    assert list((tmp_path / "waiting").iterdir()) == []  # the dead one's removed when counted
+
+
 def test_cuda_visible_devices_bounds_the_choice(tmp_path: Path, trainings: list[Training]) -> None:
     bounded = Training(tmp_path, gpus=2, visible="2,3")  # CUDA counts the 2 visible ones
     trainings.append(bounded)

@@ -25,6 +25,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.checkpoint_folder import Retention, checkpoint_path, prune_checkpoints
 from pipeline.data import load_meta, preprocess
 from pipeline.errors import ModelFileError, PipelineError, TrainingInterrupted
+from pipeline.lock import count_registered
 from pipeline.params import Params, PreprocessParams, load_params, training_digest
 from pipeline.source import code_digest
 from pipeline.training import TrainOutcome, data_digest, train
@@ -138,12 +139,12 @@ def test_a_training_counts_among_the_running_ones_from_before_its_set_up(
     set_up = training._set_up
 
     def counting_set_up(*args: Any) -> Any:
-        counted.append(cores.running_trainings(training_registry))
+        counted.append(count_registered(training_registry))
         return set_up(*args)
 
     monkeypatch.setattr(training, "_set_up", counting_set_up)
     run(fast("train.epochs=1"), prepared, tmp_path / "checkpoints")
-    assert counted == [1] and cores.running_trainings(training_registry) == 0
+    assert counted == [1] and count_registered(training_registry) == 0
 
 
 @pytest.mark.parametrize(
