@@ -196,8 +196,16 @@ def channel_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
     return means, stds
 
 
-def preprocess(archive_path: Path, params: PreprocessParams, output: Path) -> dict[str, Any]:
-    """Read the archive, split off validation images and write `output/` atomically; return the meta."""
+@dataclass(frozen=True)
+class Prepared:
+    """The splits of data/prepared, encoded as safetensors files, and their meta.json."""
+
+    files: dict[str, bytes]  # split name -> safetensors bytes
+    meta: dict[str, Any]
+
+
+def prepare(archive_path: Path, params: PreprocessParams) -> Prepared:
+    """Read the archive and split off validation images, in memory: nothing is written."""
     archive = read_archive(archive_path)
     if params.val_size >= len(archive.train):
         available = len(archive.train)
@@ -224,11 +232,28 @@ def preprocess(archive_path: Path, params: PreprocessParams, output: Path) -> di
         "seed": params.seed,
         "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in encoded.items()},
     }
+    return Prepared(encoded, meta)
+
+
+def write_prepared(output: Path, prepared: Prepared) -> None:
+    """Write the split files and meta.json to `output/`, replacing it atomically as a whole."""
     with atomic_directory(output) as folder:
-        for name, data in encoded.items():
+        for name, data in prepared.files.items():
             (folder / SPLIT_FILES[name]).write_bytes(data)
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
-    return meta
+        (folder / META_FILE).write_text(json.dumps(prepared.meta, indent=2, allow_nan=False) + "\n")
+
+
+def preprocess(archive_path: Path, params: PreprocessParams, output: Path) -> dict[str, Any]:
+    """Read the archive, split off validation images and write `output/` atomically; return the meta."""
+    prepared = prepare(archive_path, params)
+    write_prepared(output, prepared)
+    return prepared.meta
+
+
+def prepared_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of meta.json's content, which holds the SHA-256 of every split file: the identity
+    of data/prepared, recorded in checkpoints, model cards and the test report."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def load_meta(prepared: Path, params: PreprocessParams | None = None) -> dict[str, Any]:

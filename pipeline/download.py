@@ -24,23 +24,19 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 from pipeline.errors import DownloadError
-from pipeline.files import atomic_file, fsync_directory
+from pipeline.files import CHUNK_BYTES, atomic_file, fsync_directory, sha256_file
 from pipeline.params import DataParams
 from pipeline.progress import progress
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
 MAX_RETRY_AFTER_SECONDS = 300.0
 RETRIED_STATUSES = frozenset({408, 425, 429})  # plus every 5xx
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+def archive_matches(target: Path, sha256: str) -> bool:
+    """Whether `target` is a file with this SHA-256 (the archive is there: nothing to fetch)."""
+    return target.is_file() and sha256_file(target) == sha256
 
 
 def _local_source(url: str) -> Path | None:
@@ -238,10 +234,10 @@ def download(params: DataParams, target: Path, *, sleep: Callable[[float], None]
     Returns False when a matching file was already there, True when it was fetched.
     Raises DownloadError; on any failure the target keeps its previous content.
     """
+    if archive_matches(target, params.sha256):
+        logger.info("%s already matches sha256 %s; skipping", target, params.sha256)
+        return False
     if target.is_file():
-        if sha256_file(target) == params.sha256:
-            logger.info("%s already matches sha256 %s; skipping", target, params.sha256)
-            return False
         logger.info("%s does not match the expected hash; fetching it again", target)
     target.parent.mkdir(parents=True, exist_ok=True)
     source = _local_source(params.url)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.data import load_meta, load_split
+from pipeline.data import load_meta, load_split, prepared_digest
 from pipeline.engine import (
     DeviceSplit,
     InputTransform,
@@ -18,6 +18,7 @@ from pipeline.engine import (
     resolve_precision,
 )
 from pipeline.errors import PipelineError
+from pipeline.files import sha256_file
 from pipeline.metrics import confusion_csv, per_class_accuracy, wilson_interval
 from pipeline.params import EvaluateParams
 from pipeline.weights import load_model
@@ -31,11 +32,15 @@ class EvaluationReport:
 
 def evaluate_model(model_path: Path, prepared: Path, params: EvaluateParams) -> EvaluationReport:
     """Accuracy (with its 95% interval), loss and per-class accuracy on the test split; with
-    `tta`, also the TTA accuracy."""
+    `tta`, also the TTA accuracy. `made_from` names the model file and the prepared data by
+    their SHA-256: the report is of exactly these."""
     device = resolve_device(params.device)
     precision = resolve_precision(params.precision, device)
+    made_from = {"model_sha256": sha256_file(model_path)}  # read before the weights: the stage's lock
     model, card = load_model(model_path, device)
-    test = load_split(prepared, "test", load_meta(prepared))
+    meta = load_meta(prepared)
+    made_from["data_sha256"] = prepared_digest(meta)
+    test = load_split(prepared, "test", meta)
     assert test is not None  # load_split raises for a missing test split
     data = DeviceSplit.from_split(test, device)
     transform = InputTransform.create(card.mean, card.std, card.normalize, device)
@@ -63,7 +68,12 @@ def evaluate_model(model_path: Path, prepared: Path, params: EvaluateParams) -> 
         metrics["tta_accuracy_ci95"] = wilson_interval(
             round(result.tta_accuracy * result.images), result.images
         )
-    metrics |= {"images": result.images, "precision": precision, "seconds": time.perf_counter() - started}
+    metrics |= {
+        "images": result.images,
+        "precision": precision,
+        "seconds": time.perf_counter() - started,
+        "made_from": made_from,
+    }
     confusion = confusion_csv(
         result.predictions.cpu(), result.confidences.cpu(), data.labels.cpu(), card.classes
     )

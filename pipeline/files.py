@@ -8,6 +8,7 @@ output or the new one, plus at most a temporary file that the next run removes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 TEMPORARY_MARKER = ".tmp-"
+CHUNK_BYTES = 1 << 20
 
 
 def fsync_directory(directory: Path) -> None:
@@ -102,3 +104,12 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()

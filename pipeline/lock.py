@@ -20,12 +20,13 @@ from pipeline.errors import PipelineError
 
 
 @contextlib.contextmanager
-def exclusive(path: Path, what: str) -> Iterator[None]:
-    """Hold the lock at `path` while the body runs; if another process holds it, refuse at once."""
+def exclusive(path: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold the lock at `path` while the body runs; if another process holds it, refuse at once
+    (with `wait`, wait until it is free)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"

@@ -35,6 +35,7 @@ class ModelCard:
     params_sha256: str  # training_digest of the model and train params that produced the weights
     torch_version: str
     params: dict[str, Any] | None = None  # trained_params: those model and train params, by name
+    data_sha256: str | None = None  # pipeline.data.prepared_digest of the data/prepared it was trained on
 
     def metadata(self) -> dict[str, str]:
         return {METADATA_KEY: json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True)}
@@ -43,7 +44,7 @@ class ModelCard:
     def from_metadata(cls, metadata: dict[str, str], source: Path) -> ModelCard:
         values = parse_metadata(metadata, FORMAT, source, "model file")
         try:
-            optional = {"params"}  # absent from files written before it was added
+            optional = {"params", "data_sha256"}  # absent from files written before they were added
             return cls(
                 **{
                     key: values[key]

@@ -325,6 +325,11 @@ def _describe(error: Any) -> str:
         message = str(context.get("error", error["msg"]))
     else:
         message = error["msg"][0].lower() + error["msg"][1:]
+    given = error.get("input")
+    if kind not in ("extra_forbidden", "missing", "bool_type", "literal_error") and not isinstance(
+        given, dict
+    ):
+        message += f", not {given!r}"  # the value given, as the user wrote it (-S train.lr=fast)
     return f"{location}: {message}"
 
 
@@ -341,15 +346,29 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         raise ParamsError("; ".join(_describe(item) for item in error.errors())) from None
 
 
-def _not_found(path: Path) -> ParamsError:
+def repository_above(path: Path) -> Path | None:
+    """The repository root above the working folder that holds the params file `path` (relative)
+    and dvc.yaml; None where there is none."""
+    if path.is_absolute():
+        return None
+    return next(
+        (
+            folder
+            for folder in Path.cwd().parents
+            if (folder / path).is_file() and (folder / "dvc.yaml").is_file()
+        ),
+        None,
+    )
+
+
+def params_not_found(path: Path) -> ParamsError:
     """A missing params file; run from a folder inside the repository, the line names its root."""
-    if not path.is_absolute():
-        for folder in Path.cwd().parents:
-            if (folder / path).is_file() and (folder / "dvc.yaml").is_file():
-                return ParamsError(
-                    f"{path}: params file not found here; run the command from the repository root, "
-                    f"{folder}, where dvc.yaml is (stages read and write paths relative to it)"
-                )
+    root = repository_above(path)
+    if root is not None:
+        return ParamsError(
+            f"{path}: params file not found here; run the command from the repository root, "
+            f"{root}, where dvc.yaml is (stages read and write paths relative to it)"
+        )
     return ParamsError(f"{path}: params file not found")
 
 
@@ -358,7 +377,7 @@ def read_params_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise _not_found(path) from None
+        raise params_not_found(path) from None
     except IsADirectoryError:
         raise ParamsError(f"{path}: is a folder, not a params file") from None
     except UnicodeDecodeError as error:

@@ -1,24 +1,28 @@
 """Pictures of a run, as PNG files: learning curves, the confusion matrix, the most confident mistakes.
 
 Drawn with matplotlib's object-oriented API on its Agg canvas, never through pyplot, so no
-display or GUI backend is involved. Each picture is rendered in memory and written atomically.
+display or GUI backend is involved. Each picture is rendered in memory, with the SHA-256 of the
+files it was drawn from in a PNG text chunk (`read_made_from`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
+from PIL import Image
+from PIL.PngImagePlugin import PngImageFile
 
 from pipeline.errors import PipelineError
-from pipeline.files import write_bytes
 
+METADATA_KEY = "cifar10"  # the PNG text chunk that names the inputs, as in the model file
 MISTAKES_SHOWN = 24  # images in the grid of the most confidently misclassified test images
 
 
@@ -63,12 +67,8 @@ def _read_table(path: Path, delimiter: str) -> list[dict[str, str]]:
     return rows
 
 
-def learning_curves(log: dict[str, np.ndarray]) -> bytes:
+def learning_curves(log: dict[str, np.ndarray]) -> Figure:
     """Loss and accuracy per epoch, train and validation side by side."""
-    return _png(learning_curves_figure(log))
-
-
-def learning_curves_figure(log: dict[str, np.ndarray]) -> Figure:
     figure = Figure(figsize=(10, 4), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     accuracy_axes.yaxis.set_major_formatter(PercentFormatter(1.0))
@@ -89,12 +89,8 @@ def learning_curves_figure(log: dict[str, np.ndarray]) -> Figure:
     return figure
 
 
-def confusion_matrix(predictions: Predictions, classes: Sequence[str]) -> bytes:
+def confusion_matrix(predictions: Predictions, classes: Sequence[str]) -> Figure:
     """Test confusion matrix: counts, and each true class's row as shares of that class."""
-    return _png(confusion_matrix_figure(predictions, classes))
-
-
-def confusion_matrix_figure(predictions: Predictions, classes: Sequence[str]) -> Figure:
     count = len(classes)
     counts = np.zeros((count, count), dtype=np.int64)
     np.add.at(counts, (predictions.actual, predictions.predicted), 1)
@@ -133,7 +129,7 @@ def confusion_matrix_figure(predictions: Predictions, classes: Sequence[str]) ->
 
 def confident_mistakes(
     predictions: Predictions, images: np.ndarray, classes: Sequence[str], count: int = MISTAKES_SHOWN
-) -> bytes:
+) -> Figure:
     """A grid of the misclassified test images the model was surest of, most confident first."""
     wrong = np.flatnonzero(predictions.actual != predictions.predicted)
     chosen = wrong[np.argsort(-predictions.confidence[wrong], kind="stable")][:count]
@@ -149,19 +145,31 @@ def confident_mistakes(
         axes.imshow(images[predictions.image[row]].transpose(1, 2, 0), interpolation="nearest")
         actual, predicted = classes[predictions.actual[row]], classes[predictions.predicted[row]]
         axes.set_title(f"{actual} -> {predicted}\n{predictions.confidence[row]:.0%}", fontsize=8)
-    return _png(figure)
+    return figure
 
 
-def _png(figure: Figure) -> bytes:
+def png(figure: Figure, made_from: Mapping[str, str]) -> bytes:
+    """The figure as PNG, with `made_from` (the SHA-256 of each input file) in a text chunk."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    metadata = {METADATA_KEY: json.dumps({"made_from": dict(made_from)}, sort_keys=True)}
+    # tight: every title and label inside the picture, whatever the layout left at the edges
+    figure.savefig(buffer, format="png", dpi=100, metadata=metadata, bbox_inches="tight", pad_inches=0.15)
     return buffer.getvalue()
 
 
-def save_picture(path: Path, draw: Callable[..., bytes], *arguments: object) -> None:
-    """Draw one picture and write it atomically; any failure to draw is one PipelineError naming the file."""
+def read_made_from(path: Path) -> dict[str, str]:
+    """The `made_from` a picture of ours records: the SHA-256 of each file it was drawn from."""
+    with Image.open(path) as image:  # info: the text chunks before the pixels, which are not decoded
+        text = image.info.get(METADATA_KEY) if isinstance(image, PngImageFile) else None
+    if text is None:
+        raise PipelineError(f"{path}: not a picture of this pipeline (no {METADATA_KEY} text)")
+    made_from: dict[str, str] = json.loads(text)["made_from"]
+    return made_from
+
+
+def draw_picture(path: Path, draw: Callable[[], Figure], made_from: Mapping[str, str]) -> bytes:
+    """The PNG bytes of the picture for `path`; any failure to draw is one PipelineError naming it."""
     try:
-        data = draw(*arguments)
+        return png(draw(), made_from)
     except Exception as error:  # matplotlib raises many kinds (fonts, backends, memory): all mean "not drawn"
         raise PipelineError(f"cannot draw {path}: {type(error).__name__}: {error}") from None
-    write_bytes(path, data)

@@ -48,10 +48,15 @@ def load_image(path: Path) -> np.ndarray:
         raise PipelineError(f"{path}: is a folder, not an image file")
     try:
         with warnings.catch_warnings():
-            # Pillow warns above 89 megapixels and refuses above twice that: keep only the refusal
+            # Pillow warns above 89 megapixels and refuses above twice that: keep only the refusal.
+            # Some releases check again on crop and resize, so all of the work is inside.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 rgb = _as_rgb(image)
+            side = min(rgb.size)
+            left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+            square = rgb.crop((left, top, left + side, top + side))
+            resized = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
     except FileNotFoundError:
         raise PipelineError(f"{path}: no such file") from None
     except Image.DecompressionBombError:
@@ -62,10 +67,6 @@ def load_image(path: Path) -> np.ndarray:
         ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise PipelineError(f"{path}: not a readable image ({error})") from None
-    side = min(rgb.size)
-    left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
-    square = rgb.crop((left, top, left + side, top + side))
-    resized = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
     return np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 

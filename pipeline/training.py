@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import platform
@@ -36,7 +34,7 @@ from pipeline.checkpoint_folder import (
     remove_checkpoint,
 )
 from pipeline.cores import choose_threads, register_training
-from pipeline.data import load_meta, load_split
+from pipeline.data import load_meta, load_split, prepared_digest
 from pipeline.distributed import Distributed
 from pipeline.engine import (
     DeviceSplit,
@@ -168,11 +166,6 @@ def configure_device(device: torch.device, params: TrainParams) -> None:
         # Timing cuDNN's algorithms runs each convolution shape several ways in its first steps;
         # the heuristics pick at once, maybe a slower algorithm (docs/performance.md, On one GPU).
         torch.backends.cudnn.benchmark = params.cudnn_benchmark
-
-
-def data_digest(meta: dict[str, Any]) -> str:
-    """SHA-256 of meta.json's content, which holds the SHA-256 of every split file."""
-    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def should_compile(
@@ -327,7 +320,7 @@ def _set_up(
 
     identity = {
         "params_sha256": training_digest(model_params, params),
-        "data_sha256": data_digest(meta),
+        "data_sha256": prepared_digest(meta),
         "code_sha256": code_sha256,
     }
     precision = resolve_precision(params.precision, device, isa)
@@ -593,6 +586,7 @@ def _outcome(run: Run, state: Progress) -> TrainOutcome:
         normalize=run.params.normalize,
         params_sha256=run.identity["params_sha256"],
         params=trained_params(run.model_params, run.params),
+        data_sha256=run.identity["data_sha256"],
         torch_version=torch.__version__,
     )
     metrics = _summary(run, state.history)

@@ -28,7 +28,7 @@ from pipeline.params import (
     recorded_keys,
     write_values,
 )
-from stages.paths import LOCKS, OUTPUTS
+from stages.paths import LOCKS, METRICS, OUTPUTS
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,13 @@ def remove_outputs(stages: Iterable[str]) -> list[Path]:
 class StageRun:
     """One run of a stage: its params (the file plus -S), and what keeps DVC's record true.
 
+    The record holds if the files on disk hold this: the outputs of a later stage were made from
+    the outputs of the earlier stages now on disk, or they are absent. So a run, by hand or by DVC,
+    removes its own outputs and every later stage's just before it writes its first output
+    (`replace_outputs`): DVC's `dvc commit` and `dvc exp save`, which record whatever is on disk,
+    then find a later stage incomplete and refuse, instead of pairing its old outputs with new
+    inputs.
+
     DVC records the params file beside a stage's outputs (`dvc repro`, `dvc commit`, `dvc exp
     save`, the run-cache), never a command's options. So a stage's -S values go into the params
     file before it runs, comments kept, as `dvc exp run -S` does, and the outputs made with the
@@ -133,6 +140,7 @@ class StageRun:
         self.overrides = list(overrides or [])
         self.params = read_params(params_file, self.overrides)
         self.recorded: dict[str, Any] = {}
+        self.replaced = False  # whether this run has removed the outputs it replaces
 
     def _recorded_in_file(self) -> dict[str, Any]:
         values = file_values(self.params_file)
@@ -200,10 +208,38 @@ class StageRun:
                 "`--temp` for more)"
             )
 
+    def replace_outputs(self) -> None:
+        """Remove this stage's outputs and every later stage's: call it just before the run writes
+        its first output (it acts once per run). The later stages' metrics files are left as `{}`
+        (stages/paths.py, METRICS), so that `dvc exp show` shows no figures of removed outputs
+        beside this run's; `dvc commit` cannot record them, as the rest of their stage is gone.
+
+        A later stage running in this workspace (by hand) is waited for: its outputs, of the
+        inputs this run replaces, are then removed too."""
+        if self.replaced:
+            return
+        later = STAGES[STAGES.index(self.stage) + 1 :]
+        with contextlib.ExitStack() as locks:
+            for stage in later:  # in pipeline order, as every run takes them: no deadlock
+                locks.enter_context(stage_lock(stage, wait=True))
+            remove_outputs([self.stage])
+            removed = [path for path in remove_outputs(later) if path not in METRICS.values()]
+            from pipeline.files import write_json
+
+            for stage in later:
+                if stage in METRICS:
+                    write_json(METRICS[stage], {})
+        self.replaced = True
+        if removed:
+            logger.info("removed %s: made from the outputs this run replaces", ", ".join(map(str, removed)))
+
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
-        """Around the writing of the stage's outputs: the params are checked before and after."""
+    def writing(self, replace: bool = True) -> Iterator[None]:
+        """Around the writing of the stage's outputs: the params are checked before and after, and
+        (unless `replace` is false: the caller does it) the outputs it replaces removed first."""
         self.check_unchanged()
+        if replace:
+            self.replace_outputs()
         yield
         try:
             self.check_unchanged("the outputs just written were removed")
@@ -222,8 +258,32 @@ def in_dvc_run() -> bool:
     return bool(os.environ.get("DVC_STAGE"))
 
 
-def stage_lock(stage: str) -> contextlib.AbstractContextManager[None]:
-    """The workspace lock of one stage: a second `cifar10 <stage>` here is refused while this one runs."""
+def stage_lock(stage: str, wait: bool = False) -> contextlib.AbstractContextManager[None]:
+    """The workspace lock of one stage: a second `cifar10 <stage>` here is refused while this one
+    runs (with `wait`, waited for)."""
     from pipeline.lock import exclusive
 
-    return exclusive(LOCKS / f"{stage}.lock", f"`cifar10 {stage}`")
+    return exclusive(LOCKS / f"{stage}.lock", f"`cifar10 {stage}`", wait=wait)
+
+
+def say_how_to_record(stage: str) -> None:
+    """After a run by hand in a DVC repository: if the workspace now differs from dvc.lock, one
+    line saying what records it (`dvc commit -f` of the stages run by hand) and what makes the
+    later stages (`dvc repro`)."""
+    if in_dvc_run() or not (Path(".dvc").is_dir() and Path("dvc.lock").is_file()):
+        return
+    try:
+        from dvc.repo import Repo
+
+        with Repo(".") as repo:
+            changed = set(repo.status())
+    except Exception as error:  # DVC busy (a run holds its lock) or a broken repository: no advice
+        logger.debug("dvc status: %s", error)
+        return
+    position = STAGES.index(stage) + 1
+    to_commit = [name for name in STAGES[:position] if name in changed]
+    to_make = [name for name in STAGES[position:] if name in changed]
+    steps = [f"`dvc commit -f {' '.join(to_commit)}` records it"] if to_commit else []
+    steps += [f"`dvc repro` makes {' and '.join(to_make)} from it"] if to_make else []
+    if steps:
+        logger.info("dvc.lock does not record this run: %s", ", then ".join(steps))

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from pipeline.download import download
+import logging
+
+from pipeline.download import archive_matches, download
 from stages.common import (
     DEFAULT_PARAMS,
     Overrides,
     ParamsFile,
     StageRun,
     run_as_script,
+    say_how_to_record,
     stage_lock,
     user_errors,
 )
 from stages.paths import RAW_ARCHIVE
+
+logger = logging.getLogger(__name__)
 
 
 def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = None) -> None:
@@ -22,8 +27,12 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
         run = StageRun("download", params_file, overrides)
         with stage_lock("download"):
             run.begin()
+            if archive_matches(RAW_ARCHIVE, run.params.data.sha256):  # what was made from it stays
+                logger.info("%s already matches data.sha256; skipping", RAW_ARCHIVE)
+                return
             with run.writing():  # the archive appears at its path only once its hash matches
                 download(run.params.data, RAW_ARCHIVE)
+        say_how_to_record("download")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from stages.common import (
     ParamsFile,
     StageRun,
     run_as_script,
+    say_how_to_record,
     stage_lock,
     user_errors,
 )
@@ -33,14 +34,14 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
 
         with stage_lock("evaluate"):
             run.begin()
-            load_meta(PREPARED, params.preprocess)  # data made with other preprocess params: refused now
-            check_model(params, str(params_file))
+            meta = load_meta(PREPARED, params.preprocess)  # data of other preprocess params: refused now
+            check_model(params, str(params_file), meta)
             report = evaluate_model(MODEL, PREPARED, params.evaluate)
             figures, details = split_figures(report.metrics, EVAL_FIGURES)
-            with run.writing():
-                write_text(CONFUSION, report.confusion)
-                write_json(EVAL_DETAILS, details)
+            with run.writing():  # the figures first: while the others are missing, DVC records none
                 write_json(EVAL_METRICS, figures)
+                write_json(EVAL_DETAILS, details)
+                write_text(CONFUSION, report.confusion)
         metrics = report.metrics
         interval = metrics["accuracy_ci95"]
         summary = f"test accuracy {metrics['accuracy']:.2%}"
@@ -50,6 +51,7 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
         logger.info(
             "%s on %d images, %s; wrote %s", summary, metrics["images"], metrics["precision"], EVAL_METRICS
         )
+        say_how_to_record("evaluate")
 
 
 if __name__ == "__main__":

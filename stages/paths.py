@@ -31,6 +31,11 @@ OUTPUTS: dict[str, tuple[Path, ...]] = {
     "plots": PICTURES,
 }
 
+# The metrics file of each stage that has one. When an earlier stage replaces its outputs, it leaves
+# `{}` here rather than no file: for a missing one `dvc exp show` would show the figures dvc.lock
+# names, from DVC's cache, those of the outputs just removed.
+METRICS: dict[str, Path] = {"train": TRAIN_METRICS, "evaluate": EVAL_METRICS}
+
 CHECKPOINTS_VARIABLE = "CIFAR10_CHECKPOINTS"
 
 

@@ -46,9 +46,11 @@ def command(
     """
     with user_errors():
         from pipeline.errors import ModelFileError
-        from pipeline.params import SHIPPED_EVALUATE, EvaluateParams
+        from pipeline.params import SHIPPED_EVALUATE, EvaluateParams, params_not_found, repository_above
         from pipeline.predict import classify
 
+        if model == MODEL and not params_file.exists() and repository_above(params_file) is not None:
+            raise params_not_found(params_file)  # below the root of a repository: its model is there
         if params_file == DEFAULT_PARAMS and not params_file.exists() and not overrides:
             configure_logging()
             settings = EvaluateParams.model_validate(SHIPPED_EVALUATE)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.data import preprocess
+from pipeline.data import prepare, write_prepared
 from stages.common import (
     DEFAULT_PARAMS,
     Overrides,
     ParamsFile,
     StageRun,
     run_as_script,
+    say_how_to_record,
     stage_lock,
     user_errors,
 )
@@ -26,10 +27,12 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
         run = StageRun("preprocess", params_file, overrides)
         with stage_lock("preprocess"):
             run.begin()
+            prepared = prepare(RAW_ARCHIVE, run.params.preprocess)
             with run.writing():  # data/prepared is replaced as a whole, or not at all
-                meta = preprocess(RAW_ARCHIVE, run.params.preprocess, PREPARED)
-        counts = ", ".join(f"{name} {count}" for name, count in meta["counts"].items())
+                write_prepared(PREPARED, prepared)
+        counts = ", ".join(f"{name} {count}" for name, count in prepared.meta["counts"].items())
         logger.info("wrote %s: %s images", PREPARED, counts)
+        say_how_to_record("preprocess")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ reports/train.json."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,11 +19,11 @@ from stages.common import (
     StageRun,
     in_dvc_run,
     run_as_script,
+    say_how_to_record,
     stage_lock,
     user_errors,
 )
 from stages.paths import (
-    EVAL_METRICS,
     MODEL,
     PREPARED,
     TRAIN_DETAILS,
@@ -32,6 +33,9 @@ from stages.paths import (
     checkpoints_folder,
 )
 
+if TYPE_CHECKING:
+    from pipeline.distributed import Distributed
+
 logger = logging.getLogger(__name__)
 
 Restart = Annotated[
@@ -39,11 +43,13 @@ Restart = Annotated[
 ]
 
 
-def write_progress(history: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """The per-epoch log and the model's figures so far, rewritten atomically after every epoch."""
+def write_progress(run: StageRun, history: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """The per-epoch log and the model's figures so far, rewritten atomically after every epoch;
+    the first time, the outputs this run replaces are removed."""
     from pipeline.files import write_json, write_text
     from pipeline.metrics import split_train_summary, train_log_tsv
 
+    run.replace_outputs()
     write_text(TRAIN_LOG, train_log_tsv(history))
     write_json(TRAIN_METRICS, split_train_summary(summary)[0])
 
@@ -65,16 +71,10 @@ def command(
         run = StageRun("train", params_file, overrides)
         params = run.params
         from pipeline import distributed
-        from pipeline.checkpoint_folder import Retention, remove_checkpoint
         from pipeline.data import load_meta
         from pipeline.engine import resolve_device
         from pipeline.errors import ParamsError
-        from pipeline.files import write_json
         from pipeline.gpu_lease import leased_gpus
-        from pipeline.metrics import split_train_summary
-        from pipeline.source import code_digest
-        from pipeline.training import train
-        from pipeline.weights import save_model
 
         context = distributed.from_environment()
         leads = distributed.holds_workspace_lock(context)
@@ -98,37 +98,49 @@ def command(
                 distributed.launch(
                     params.train.nproc, arguments + (["--restart"] if restart else []), resume_hint()
                 )
-                return
-            if context is None and in_dvc_run():
-                # the test metrics of the last model do not belong to this run: `dvc exp show` shows
-                # no test accuracy beside a running experiment's epochs (evaluate writes it anew). An
-                # empty file, as for a missing one DVC shows the one dvc.lock names, from its cache.
-                write_json(EVAL_METRICS, {})
-            if context is not None:
-                distributed.quiet_unless_main(context)
-                distributed.initialize(context, resolve_device(params.train.device).type)
-            gigabytes, days = checkpoint_limits()
-            try:
-                outcome = train(
-                    params.model,
-                    params.train,
-                    PREPARED,
-                    checkpoints_folder(),
-                    restart=restart,
-                    distributed=context,
-                    report=write_progress,
-                    retention=Retention(int(gigabytes * 1e9), days * 86400),
-                    resume_hint=resume_hint(),
-                    code_sha256=code_digest(Path(__file__)),
-                )
-            finally:
-                distributed.shutdown()
-            if outcome is None:
-                return
-            with run.writing():  # the final state stays in its checkpoint until the model is written
-                save_model(MODEL, outcome.state, outcome.card)  # the last epoch's report wrote the metrics
-                write_json(TRAIN_DETAILS, split_train_summary(outcome.metrics)[1])
-            remove_checkpoint(outcome.checkpoint)
+            else:
+                train_in_this_process(run, context, restart)
+        if leads:
+            say_how_to_record("train")
+
+
+def train_in_this_process(run: StageRun, context: Distributed | None, restart: bool) -> None:
+    """Train (one process, or one worker of several) and write the outputs (the main process)."""
+    from pipeline import distributed
+    from pipeline.checkpoint_folder import Retention, remove_checkpoint
+    from pipeline.engine import resolve_device
+    from pipeline.files import write_json
+    from pipeline.metrics import split_train_summary
+    from pipeline.source import code_digest
+    from pipeline.training import train
+    from pipeline.weights import save_model
+
+    params = run.params
+    if context is not None:
+        distributed.quiet_unless_main(context)
+        distributed.initialize(context, resolve_device(params.train.device).type)
+    gigabytes, days = checkpoint_limits()
+    try:
+        outcome = train(
+            params.model,
+            params.train,
+            PREPARED,
+            checkpoints_folder(),
+            restart=restart,
+            distributed=context,
+            report=functools.partial(write_progress, run),
+            retention=Retention(int(gigabytes * 1e9), days * 86400),
+            resume_hint=resume_hint(),
+            code_sha256=code_digest(Path(__file__)),
+        )
+    finally:
+        distributed.shutdown()
+    if outcome is None:  # not the main process
+        return
+    with run.writing():  # the final state stays in its checkpoint until the model is written
+        save_model(MODEL, outcome.state, outcome.card)  # the last epoch's report wrote the metrics
+        write_json(TRAIN_DETAILS, split_train_summary(outcome.metrics)[1])
+    remove_checkpoint(outcome.checkpoint)
 
 
 if __name__ == "__main__":

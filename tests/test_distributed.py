@@ -169,7 +169,13 @@ def test_two_processes_write_one_set_of_outputs(
     assert json.loads((project / "reports" / "train.json").read_text())["processes"] == 2
     assert sorted(path.name for path in (project / "models").iterdir()) == ["model.safetensors"]
     assert list((project / "checkpoints").iterdir()) == []  # one was written each epoch
-    assert sorted(path.name for path in (project / "metrics").iterdir()) == ["train.json", "train_log.tsv"]
+    # eval.json: `{}`, no test figures until evaluate has scored this model
+    assert sorted(path.name for path in (project / "metrics").iterdir()) == [
+        "eval.json",
+        "train.json",
+        "train_log.tsv",
+    ]
+    assert json.loads((project / "metrics" / "eval.json").read_text()) == {}
     assert sorted(path.name for path in (project / "reports").iterdir()) == ["train.json"]
     assert result.stderr.count("epoch 2 ") == 1  # only rank 0 logs
 

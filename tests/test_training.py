@@ -23,12 +23,12 @@ import pipeline.cores as cores
 import pipeline.training as training
 from pipeline.checkpoint import load_checkpoint
 from pipeline.checkpoint_folder import Retention, checkpoint_path, prune_checkpoints
-from pipeline.data import load_meta, preprocess
+from pipeline.data import load_meta, prepared_digest, preprocess
 from pipeline.errors import ModelFileError, PipelineError, TrainingInterrupted
 from pipeline.lock import count_registered
 from pipeline.params import Params, PreprocessParams, load_params, training_digest
 from pipeline.source import code_digest
-from pipeline.training import TrainOutcome, data_digest, train
+from pipeline.training import TrainOutcome, train
 from tests.conftest import FAST_TRAINING, REPO, TinyArchive, set_params
 
 
@@ -53,7 +53,7 @@ def own_checkpoint(params: Params, prepared: Path, checkpoints: Path) -> Path:
     """The checkpoint file of the run with these params and data."""
     digest = training_digest(params.model, params.train)
     code = code_digest(Path(training.__file__))  # what train() records when no code is named
-    return checkpoint_path(checkpoints, digest, data_digest(load_meta(prepared)), code)
+    return checkpoint_path(checkpoints, digest, prepared_digest(load_meta(prepared)), code)
 
 
 def interrupt_at(
