@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import typer
@@ -17,6 +18,18 @@ from tests.conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PLACEHOLDER = re.compile(r"<[^>]+>")  # <its sha256>, <repo-url>: the reader fills them in
+RECIPE = re.compile(r"\$\(cifar10 recipe ([a-z-]+)\)")  # $(cifar10 recipe cpu): the -S options it prints
+
+
+def expand_recipes(line: str) -> str:
+    """`$(cifar10 recipe NAME)` replaced by what the command prints; an unknown name fails."""
+    from pipeline.recipes import RECIPES
+
+    def options(match: re.Match[str]) -> str:
+        assert match.group(1) in RECIPES, f"no recipe {match.group(1)}"
+        return " ".join(RECIPES[match.group(1)].options())
+
+    return RECIPE.sub(options, line)
 
 
 def code_lines(text: str) -> Iterator[tuple[str, str | None, bool]]:
@@ -36,7 +49,9 @@ def code_lines(text: str) -> Iterator[tuple[str, str | None, bool]]:
 def commands(line: str) -> Iterator[list[str]]:
     """The simple commands of a shell line, as words: comments dropped, `&&`, `;` and `|` split,
     leading VARIABLE=value assignments and a `$ ` prompt left out; each <placeholder> one word."""
-    line = PLACEHOLDER.sub(lambda match: "<" + re.sub(r"\W+", "-", match.group(0)[1:-1]) + ">", line)
+    line = PLACEHOLDER.sub(
+        lambda match: "<" + re.sub(r"\W+", "-", match.group(0)[1:-1]) + ">", expand_recipes(line)
+    )
     try:
         words = shlex.split(line.strip().removeprefix("$ "), comments=True)
     except ValueError:  # not shell (prose in backticks)
@@ -144,3 +159,72 @@ def test_a_documented_command_parses_and_its_values_validate(
     except typer.Exit as exit:  # --version, --help: they answer and exit, successfully
         assert exit.exit_code == 0
     check_assignments(assignments(words))
+
+
+def test_the_docs_name_recipes_that_exist_and_use_them() -> None:
+    text = "\n".join(page.read_text() for page in PAGES)
+    used = set(RECIPE.findall(text))
+    assert {"quick", "cpu"} <= used, used
+    for name in used:
+        expand_recipes(f"$(cifar10 recipe {name})")
+
+
+def test_the_lock_file_pins_every_dependency_within_its_range() -> None:
+    """requirements.lock: one exact version per package, each direct dependency's in the range
+    pyproject.toml gives it."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, line
+            pins[name.lower().replace("_", "-")] = version
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for text in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+        requirement = Requirement(text)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not in requirements.lock"
+        assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {requirement}"
+
+
+def readme_block(name: str) -> str:
+    """The code block that follows `<!-- name -->` in the README."""
+    text = (REPO / "README.md").read_text()
+    return text[text.index(f"<!-- {name} -->") :].split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.dvc
+def test_the_readme_comparisons_work_in_a_fresh_clone_after_a_sweep(tmp_path: Path) -> None:
+    """The README's comparison block, as written, right after a sweep in a fresh clone (no results
+    committed; data.url a mirror set in each experiment), and its `dvc exp show` table fits 120
+    columns."""
+    from tests.conftest import make_tiny_archive
+    from tests.test_dvc import columns, dvc, make_repository, run_the_queue, shell
+
+    archive = make_tiny_archive(tmp_path / "mirror" / "cifar-10-binary.tar.gz")
+    origin = make_repository(
+        tmp_path / "origin", "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", "0" * 64
+    )
+    shell(origin, "git", "add", "-A")
+    shell(origin, "git", "commit", "-qm", "the project")
+    shell(tmp_path, "git", "clone", "-q", str(origin), "clone")
+    clone = tmp_path / "clone"
+    mirror = ["-S", f"data.url={archive.path.as_uri()}", "-S", f"data.sha256={archive.sha256}"]
+    dvc(clone, "exp", "run", "--queue", *mirror, "-S", "train.seed=0,1")
+    run_the_queue(clone, jobs=1)
+    names = sorted(
+        line.split()[0] for line in dvc(clone, "exp", "ls", "--name-only").splitlines() if line.strip()
+    )
+    assert len(names) == 2, names
+    block = readme_block("compare").replace("<exp-a>", names[0]).replace("<exp-b>", names[1])
+    for line in block.splitlines():
+        command = shlex.split(line, comments=True)
+        output = shell(clone, *command, env=columns(120), stderr=True)
+        assert "failed to load" not in output and "ERROR" not in output, output
+        if command[:3] == ["dvc", "exp", "show"]:
+            assert "…" not in output and all(len(row) <= 120 for row in output.splitlines()), output
+            assert all(name in output for name in names), output
+    assert (clone / "dvc_plots" / "index.html").exists()

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +38,15 @@ def shell(
     return result.stdout + (result.stderr if stderr else "")
 
 
+def yaml_free_value(config: Path, key: str) -> str:
+    """A value of DVC's config file (INI), as the project sets it."""
+    return next(
+        line.split("=", 1)[1].strip()
+        for line in config.read_text().splitlines()
+        if line.strip().startswith(key)
+    )
+
+
 def make_repository(repo: Path, url: str, sha256: str) -> Path:
     """A git repository with DVC and the project's code and params, training tiny, the archive at `url`."""
     repo.mkdir()
@@ -53,6 +61,9 @@ def make_repository(repo: Path, url: str, sha256: str) -> Path:
     shell(repo, "git", "config", "user.name", "test")
     shell(repo, "git", "config", "user.email", "test@example.com")
     shell(repo, str(BIN / "dvc"), "init", "-q")
+    shutil.copytree(REPO / ".dvc" / "plots", repo / ".dvc" / "plots")  # the page that opens offline
+    html_template = yaml_free_value(REPO / ".dvc" / "config", "html_template")
+    shell(repo, str(BIN / "dvc"), "config", "plots.html_template", html_template)
     shell(repo, str(BIN / "dvc"), "config", "core.analytics", "false")
     return repo
 
@@ -161,6 +172,9 @@ def test_repro_experiments_run_cache_and_comparisons(repo: Path, http_server: Se
     dvc(repo, "plots", "show", "-o", "rendered")
     page = (repo / "rendered" / "index.html").read_text()
     assert "train_loss" in page and "predicted" in page
+    # offline: Vega, Vega-Lite and Vega-Embed are inside the page (.dvc/plots/offline.html), no CDN
+    assert "<script src=" not in page and '<link rel="stylesheet"' not in page
+    assert all(f"/* {library} " in page for library in ("vega", "vega-lite", "vega-embed"))
     for label in ("cross-entropy loss", "accuracy", "seconds"):  # the y axes say what they show
         assert f'"type": "quantitative", "title": "{label}"' in page, label
     pictures = sorted(path.name for path in (repo / "rendered" / "static").iterdir())
@@ -292,12 +306,18 @@ def run_the_queue(repo: Path, jobs: int) -> list[str]:
 
 
 def stop_queue_workers(repo: Path) -> None:
-    """Kill the queue's worker processes that have not exited (DVC keeps their pids in .dvc/tmp)."""
+    """Kill the queue's worker processes that have not exited (DVC keeps their pids in .dvc/tmp),
+    each only while its pid is still a DVC worker's: an exited worker's pid may be another
+    process's by now."""
+    import psutil
+
     for record in (repo / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"):
         worker = json.loads(record.read_text())
         if worker.get("returncode") is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(worker["pid"]), signal.SIGKILL)
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(int(worker["pid"]))
+                if "dvc" in " ".join(process.cmdline()):
+                    process.kill()
 
 
 def columns(width: int) -> dict[str, str]:
@@ -365,6 +385,7 @@ def test_the_sharing_flow_of_the_docs_works_as_written_and_several_machines_make
     assert {path for path in tracked if not path.startswith(("pipeline/", "stages/"))} == {
         ".dvc/.gitignore",
         ".dvc/config",
+        ".dvc/plots/offline.html",
         ".dvcignore",
         ".gitignore",
         "dvc.lock",

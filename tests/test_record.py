@@ -125,11 +125,8 @@ class Sequence:
             if interrupt is not None and len(printed) == interrupt.after_lines:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, getattr(signal, interrupt.signal))
-        code = process.wait(timeout=600)
-        if interrupt is not None:  # what the group left running (a worker) goes too
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-        return code, "".join(printed)
+        # the output ends once every process of the group that writes to it has exited
+        return process.wait(timeout=600), "".join(printed)
 
     def params(self) -> dict[str, Any]:
         from pipeline.params import flatten
@@ -687,8 +684,8 @@ def test_random_sequences_of_commands_keep_the_record_true(
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("seed", range(100, 112))
+@pytest.mark.parametrize("seed", range(100, 120))
 def test_long_random_sequences_of_commands_keep_the_record_true(
     committed: Path, tmp_path: Path, seed: int
 ) -> None:
-    run_sequence(committed, tmp_path, seed, count=14)
+    run_sequence(committed, tmp_path, seed, count=16)
