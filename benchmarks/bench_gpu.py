@@ -402,21 +402,15 @@ def measure_steps(prepared: Path, out: Path, tiny: bool) -> None:
     import torch
 
     from pipeline.augmentation import augment_epoch
+    from pipeline.compile_cache import compile_model
     from pipeline.data import load_meta, load_split
-    from pipeline.engine import (
-        DeviceSplit,
-        InputTransform,
-        build_optimizer,
-        build_train_step,
-        compile_model,
-        evaluate,
-        place_model,
-        resolve_device,
-    )
+    from pipeline.device import DeviceSplit, InputTransform, configure_device, place_model, resolve_device
+    from pipeline.inference import evaluate
     from pipeline.model import build_model
+    from pipeline.optimizer import build_optimizer
     from pipeline.params import load_params
     from pipeline.step import CudaGraphStep
-    from pipeline.training import configure_device
+    from pipeline.train_loop import build_train_step
 
     device = resolve_device("cpu" if tiny else "auto")
     configure_device(device, load_params(REPO / "params.yaml").train)  # as the train stage does

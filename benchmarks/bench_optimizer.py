@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.engine import build_optimizer
 from pipeline.model import build_model
+from pipeline.optimizer import build_optimizer
 from pipeline.params import load_params
 
 REPO = Path(__file__).resolve().parent.parent

@@ -30,22 +30,14 @@ import torch.nn.functional as functional
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pipeline.compile_cache import compile_model  # noqa: E402
 from pipeline.data import load_meta, load_split  # noqa: E402
-from pipeline.engine import (  # noqa: E402
-    DeviceSplit,
-    EpochTotals,
-    InputTransform,
-    TrainSetup,
-    build_optimizer,
-    build_train_step,
-    compile_model,
-    place_model,
-    resolve_precision,
-    train_one_epoch,
-)
+from pipeline.device import DeviceSplit, InputTransform, place_model, resolve_precision  # noqa: E402
 from pipeline.hardware import IsaClass  # noqa: E402
 from pipeline.model import build_model  # noqa: E402
+from pipeline.optimizer import build_optimizer  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
+from pipeline.train_loop import EpochTotals, TrainSetup, build_train_step, train_one_epoch  # noqa: E402
 
 # Recipes measured end to end with the real stages: params overrides on top of params.yaml.
 RECIPES: dict[str, list[str]] = {
@@ -148,7 +140,7 @@ def pipeline_loop(
     compile: bool,
 ) -> dict[str, Any]:
     """The pipeline's own engine (train_one_epoch) on the whole split held on the device."""
-    from pipeline.training import keep_freed_memory
+    from pipeline.device import keep_freed_memory
 
     device = torch.device(device_name)
     if device.type == "cpu":
@@ -264,7 +256,7 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
 def is_auto_row(row: dict[str, Any], isa: IsaClass | None) -> bool:
     """Whether `row` is the configuration the train stage's `auto` runs (precision and compile) for
     its arch and device, on a CPU of class `isa`."""
-    from pipeline.training import should_compile
+    from pipeline.compile_cache import should_compile
 
     device = torch.device(row["device"])
     isa = isa if device.type == "cpu" else None

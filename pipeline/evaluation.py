@@ -9,16 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data import load_meta, load_split, prepared_digest
-from pipeline.engine import (
-    DeviceSplit,
-    InputTransform,
-    evaluate,
-    out_of_memory_hint,
-    resolve_device,
-    resolve_precision,
-)
+from pipeline.device import DeviceSplit, InputTransform, out_of_memory_hint, resolve_device, resolve_precision
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file
+from pipeline.inference import evaluate
 from pipeline.metrics import confusion_csv, per_class_accuracy, wilson_interval
 from pipeline.params import EvaluateParams
 from pipeline.weights import load_model

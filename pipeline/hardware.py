@@ -160,7 +160,7 @@ SETTINGS: dict[IsaClass, CpuSettings] = {
     # results/cpu-recipe-per-class.md) after 40 s of compiling; the tutorial net a tie (2.31x
     # eager, 2.33x compiled; eager won every round of results/cpu-avx2.md). (An earlier "NaN when
     # compiled for AVX2" was Inductor's cache mixing vector ISAs: see
-    # engine.use_inductor_cache_of_this_vector_isa.)
+    # compile_cache.use_inductor_cache_of_this_vector_isa.)
     "avx2": CpuSettings("fp32", frozenset(), AVX2_FP32_ROUTES, "results/cpu-avx2-routes.md"),
     # not measured (Arm, older x86): the safe choice, plain PyTorch in fp32
     "other": CpuSettings("fp32", frozenset(), ONEDNN_ONLY, "the safe choice for an unmeasured class"),

@@ -15,14 +15,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.engine import (
-    InputTransform,
-    out_of_memory_hint,
-    predict_logits,
-    resolve_device,
-    resolve_precision,
-)
+from pipeline.device import InputTransform, out_of_memory_hint, resolve_device, resolve_precision
 from pipeline.errors import PipelineError
+from pipeline.inference import predict_logits
 from pipeline.params import EvaluateParams
 from pipeline.weights import load_model
 

@@ -300,3 +300,21 @@ class _StepState:
             for value in step.optimizer.state.get(parameter, {}).values():
                 if isinstance(value, Tensor):
                     value.zero_()
+
+
+def should_capture(setting: str | bool, device: torch.device, data_parallel: bool) -> bool:
+    """`auto`: on for CUDA without DistributedDataParallel. DDP steps are not captured (its
+    gradient buckets and collectives need their own capture setup), nor steps on other devices;
+    an explicit `true` there says so in one warning line and trains uncaptured."""
+    if setting is False:
+        return False
+    reason = None
+    if device.type != "cuda":
+        reason = f"CUDA graphs need a CUDA device, not {device.type}"
+    elif data_parallel:
+        reason = "DistributedDataParallel steps (torchrun, train.nproc > 1) are not captured"
+    if reason is None:
+        return True
+    if setting is True:
+        logger.warning("train.cuda_graphs: %s; training uncaptured", reason)
+    return False

@@ -9,12 +9,8 @@ checkpoint file, so a checkpoint of other params never blocks a run. Only the ma
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
-import os
-import platform
-import shutil
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,34 +29,32 @@ from pipeline.checkpoint_folder import (
     prune_checkpoints,
     remove_checkpoint,
 )
+from pipeline.compile_cache import compile_model, should_compile
 from pipeline.cores import choose_threads, register_training
 from pipeline.data import load_meta, load_split, prepared_digest
-from pipeline.distributed import Distributed
-from pipeline.engine import (
+from pipeline.device import (
     DeviceSplit,
-    EpochTotals,
     InputTransform,
-    StopTraining,
-    TrainSetup,
-    build_optimizer,
-    build_train_step,
-    compile_model,
-    evaluate,
+    configure_device,
+    describe_cpu_choice,
     out_of_memory_hint,
     place_model,
     resolve_device,
     resolve_precision,
     seed_everything,
-    train_one_epoch,
 )
+from pipeline.distributed import Distributed
 from pipeline.errors import PipelineError, TrainingInterrupted
-from pipeline.hardware import IsaClass, cpu_class, settings_for
+from pipeline.hardware import cpu_class
+from pipeline.inference import evaluate
 from pipeline.model import build_model
 from pipeline.model_card import ModelCard
+from pipeline.optimizer import build_optimizer
 from pipeline.params import ModelParams, TrainParams, trained_params, training_digest
 from pipeline.progress import progress
 from pipeline.source import code_digest
-from pipeline.step import CudaGraphStep, WeightAverage, learning_rate_factor
+from pipeline.step import CudaGraphStep, WeightAverage, learning_rate_factor, should_capture
+from pipeline.train_loop import EpochTotals, StopTraining, TrainSetup, build_train_step, train_one_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -139,75 +133,6 @@ def stop_on_signals() -> Iterator[StopRequest]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-
-
-def keep_freed_memory() -> None:
-    """On glibc, stop returning freed blocks to the OS after every step.
-
-    Each CPU training step frees and reallocates hundreds of MB of activations; by default
-    glibc unmaps them and the next step page-faults them back in, which costs about 10% of
-    the step time on 2 cores. Keeping them mapped costs a few hundred MB of resident memory.
-    """
-    if platform.system() != "Linux":
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        mmap_threshold, trim_threshold, top_pad = -3, -1, -2  # mallopt parameter numbers, from malloc.h
-        libc.mallopt(mmap_threshold, 1 << 30)
-        libc.mallopt(trim_threshold, 1 << 34)
-        libc.mallopt(top_pad, 256 << 20)
-
-
-def configure_device(device: torch.device, params: TrainParams) -> None:
-    """Process-wide settings of the device that trains: the CPU's allocator, cuDNN's search."""
-    if device.type == "cpu":
-        keep_freed_memory()
-    if device.type == "cuda":
-        # Timing cuDNN's algorithms runs each convolution shape several ways in its first steps;
-        # the heuristics pick at once, maybe a slower algorithm (docs/performance.md, On one GPU).
-        torch.backends.cudnn.benchmark = params.cudnn_benchmark
-
-
-def should_compile(
-    setting: str | bool, device: torch.device, arch: str = "resnet18", isa: IsaClass | None = None
-) -> bool:
-    """`auto`: on for CUDA; on the CPU where it measured faster for this arch on this class of
-    CPU (pipeline.hardware) and Inductor finds its C++ compiler."""
-    if setting != "auto":
-        return bool(setting)
-    if device.type == "cpu":
-        wanted = settings_for(isa or cpu_class()).compile(arch)
-        return wanted and shutil.which(os.environ.get("CXX", "g++")) is not None
-    return device.type == "cuda"
-
-
-def describe_cpu_choice(params: TrainParams, precision: str, compiled: bool, isa: IsaClass) -> str:
-    """One line: what runs on this CPU, and whether `auto` chose it and from which measurement."""
-    chosen = [
-        f"{precision}{' (auto)' if params.precision == 'auto' else ''}",
-        f"{'compiled' if compiled else 'eager'}{' (auto)' if params.compile == 'auto' else ''}",
-    ]
-    source = settings_for(isa).source
-    basis = f"the measurements in benchmarks/{source}" if source.startswith("results/") else source
-    return f"CPU class {isa}: {', '.join(chosen)}, convolution routes of the class; auto follows {basis}"
-
-
-def should_capture(setting: str | bool, device: torch.device, data_parallel: bool) -> bool:
-    """`auto`: on for CUDA without DistributedDataParallel. DDP steps are not captured (its
-    gradient buckets and collectives need their own capture setup), nor steps on other devices;
-    an explicit `true` there says so in one warning line and trains uncaptured."""
-    if setting is False:
-        return False
-    reason = None
-    if device.type != "cuda":
-        reason = f"CUDA graphs need a CUDA device, not {device.type}"
-    elif data_parallel:
-        reason = "DistributedDataParallel steps (torchrun, train.nproc > 1) are not captured"
-    if reason is None:
-        return True
-    if setting is True:
-        logger.warning("train.cuda_graphs: %s; training uncaptured", reason)
-    return False
 
 
 def _format_row(row: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from pipeline.engine import place_model
+from pipeline.device import place_model
 from pipeline.errors import ModelFileError
 from pipeline.files import write_bytes
 from pipeline.model import build_model

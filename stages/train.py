@@ -72,7 +72,7 @@ def command(
         params = run.params
         from pipeline import distributed
         from pipeline.data import load_meta
-        from pipeline.engine import resolve_device
+        from pipeline.device import resolve_device
         from pipeline.errors import ParamsError
         from pipeline.gpu_lease import leased_gpus
 
@@ -108,7 +108,7 @@ def train_in_this_process(run: StageRun, context: Distributed | None, restart: b
     """Train (one process, or one worker of several) and write the outputs (the main process)."""
     from pipeline import distributed
     from pipeline.checkpoint_folder import Retention, remove_checkpoint
-    from pipeline.engine import resolve_device
+    from pipeline.device import resolve_device
     from pipeline.files import write_json
     from pipeline.metrics import split_train_summary
     from pipeline.source import code_digest

@@ -19,9 +19,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import pipeline.cores as cores
+from pipeline.data import Split
+from pipeline.device import DeviceSplit
 from pipeline.params import TrainParams, load_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -257,3 +260,17 @@ def set_params(path: Path, assignments: list[str]) -> None:
             node = node[part]
         node[leaf] = yaml.safe_load(value)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+CPU = torch.device("cpu")
+
+
+def random_images(count: int, seed: int = 0) -> torch.Tensor:
+    """uint8 [count, 3, 32, 32] noise."""
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (count, 3, 32, 32), dtype=np.uint8))
+
+
+def random_split(count: int, seed: int = 0) -> DeviceSplit:
+    """`count` noise images on the CPU, labels cycling through the 10 classes."""
+    labels = np.arange(count) % 10
+    return DeviceSplit.from_split(Split(random_images(count, seed).numpy(), labels.astype(np.int64)), CPU)

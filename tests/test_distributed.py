@@ -18,7 +18,8 @@ import pipeline.cores as cores
 import pipeline.training as training
 from pipeline.checkpoint import load_checkpoint
 from pipeline.data import load_meta, load_split, preprocess
-from pipeline.engine import DeviceSplit, InputTransform, evaluate
+from pipeline.device import DeviceSplit, InputTransform
+from pipeline.inference import evaluate
 from pipeline.params import PreprocessParams, load_params
 from pipeline.weights import load_model
 from tests.conftest import FAST_TRAINING, REPO, make_tiny_archive, set_params

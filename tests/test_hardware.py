@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import pipeline.training as training
+from pipeline.compile_cache import should_compile
 from pipeline.convolution import SmallMapConv2d
-from pipeline.engine import place_model, resolve_precision
+from pipeline.device import describe_cpu_choice, place_model, resolve_precision
 from pipeline.hardware import AMX_ROUTES, SETTINGS, cpu_class, native_class, settings_for
 from pipeline.model import build_model
 from tests.conftest import REPO, train_params
@@ -65,21 +65,21 @@ def test_auto_precision_is_bf16_only_where_it_measured_faster() -> None:
 
 
 def test_explicit_bf16_without_bf16_instructions_warns_once(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="pipeline.engine"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.device"):
         assert resolve_precision("bf16", CPU, "avx2") == "bf16"
         assert resolve_precision("bf16", CPU, "amx") == "bf16"
     assert len(caplog.records) == 1 and "without bf16 instructions (avx2 class)" in caplog.messages[0]
 
 
 def test_auto_compile_follows_the_class_the_arch_and_the_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(training.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr("pipeline.compile_cache.shutil.which", lambda name: f"/usr/bin/{name}")
     for isa, settings in SETTINGS.items():
         for arch in ("resnet18", "tutorial"):
-            assert training.should_compile("auto", CPU, arch, isa) == settings.compile(arch), (isa, arch)
-    assert training.should_compile(True, CPU, "tutorial", "other")  # explicit values win
-    assert not training.should_compile(False, torch.device("cuda"), "resnet18", "amx")
-    monkeypatch.setattr(training.shutil, "which", lambda name: None)
-    assert not any(training.should_compile("auto", CPU, "resnet18", isa) for isa in SETTINGS)
+            assert should_compile("auto", CPU, arch, isa) == settings.compile(arch), (isa, arch)
+    assert should_compile(True, CPU, "tutorial", "other")  # explicit values win
+    assert not should_compile(False, torch.device("cuda"), "resnet18", "amx")
+    monkeypatch.setattr("pipeline.compile_cache.shutil.which", lambda name: None)
+    assert not any(should_compile("auto", CPU, "resnet18", isa) for isa in SETTINGS)
 
 
 def test_unknown_cpus_get_the_safe_choice() -> None:
@@ -103,12 +103,14 @@ def test_cpu_compilation_keeps_inductors_cache_per_vector_isa(
 ) -> None:
     """Inductor's graph cache does not key CPU graphs by vector ISA: a graph generated for AVX2 and
     loaded under AVX-512 corrupted the heap. Each ISA gets its own folder under the chosen one."""
-    from pipeline.engine import INDUCTOR_CACHE_VARIABLE, compile_model
+    from pipeline.compile_cache import INDUCTOR_CACHE_VARIABLE, compile_model
 
     monkeypatch.setenv(INDUCTOR_CACHE_VARIABLE, str(tmp_path / "mine"))
 
     def folder_under(capability: str) -> subprocess.Popen[str]:
-        code = "from pipeline.engine import use_inductor_cache_of_this_vector_isa as f; print(f().name)"
+        code = (
+            "from pipeline.compile_cache import use_inductor_cache_of_this_vector_isa as f; print(f().name)"
+        )
         return subprocess.Popen(
             [sys.executable, "-c", code],
             env={**os.environ, "ATEN_CPU_CAPABILITY": capability},
@@ -146,7 +148,7 @@ def test_cpu_compilation_first_removes_binaries_an_interrupted_compilation_left_
     next compiled run die (a bus error for a truncated .so, `file too short` for an empty one)."""
     from filelock import FileLock
 
-    from pipeline.engine import INDUCTOR_CACHE_VARIABLE, compile_model, is_complete_elf
+    from pipeline.compile_cache import INDUCTOR_CACHE_VARIABLE, compile_model, is_complete_elf
 
     base = tmp_path / "cache"
     monkeypatch.setenv(INDUCTOR_CACHE_VARIABLE, str(base / "vector-isa-chosen-earlier"))
@@ -175,28 +177,28 @@ def test_cpu_compilation_first_removes_binaries_an_interrupted_compilation_left_
 
     assert [path.exists() for path in (complete, complete_object, source, being_built)] == [True] * 4
     assert [path.exists() for path in (truncated, empty, not_elf)] == [False] * 3
-    assert [record.getMessage() for record in caplog.records if record.name == "pipeline.engine"] == [
+    assert [record.getMessage() for record in caplog.records if record.name == "pipeline.compile_cache"] == [
         f"removed 3 incomplete compiled file(s) from Inductor's cache {base}, left by an "
         "interrupted compilation; they are compiled again"
     ]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         compile_model(model, CPU)  # its lock free: the incomplete file is removed now
-    lines = [record.getMessage() for record in caplog.records if record.name == "pipeline.engine"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "pipeline.compile_cache"]
     assert not being_built.exists() and len(lines) == 1 and lines[0].startswith("removed 1 ")
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         compile_model(model, CPU)  # nothing left to remove: no line
-    assert not [record for record in caplog.records if record.name == "pipeline.engine"]
+    assert not [record for record in caplog.records if record.name == "pipeline.compile_cache"]
     assert complete.exists() and complete_object.exists()
 
 
 def test_the_train_stage_says_what_it_chose_and_why() -> None:
     params = train_params("train.precision=fp32")
-    line = training.describe_cpu_choice(params, "fp32", True, "avx512")
+    line = describe_cpu_choice(params, "fp32", True, "avx512")
     assert line == (
         "CPU class avx512: fp32, compiled (auto), convolution routes of the class; auto follows the "
         "measurements in benchmarks/results/cpu-avx512-routes.md"
     )
-    unknown = training.describe_cpu_choice(train_params(), "fp32", False, "other")
+    unknown = describe_cpu_choice(train_params(), "fp32", False, "other")
     assert "fp32 (auto), eager (auto)" in unknown and "the safe choice for an unmeasured class" in unknown

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from pipeline.engine import build_optimizer
 from pipeline.model import build_model
 from pipeline.muon import MuonWithSgd, orthogonalise
+from pipeline.optimizer import build_optimizer
 from tests.conftest import train_params
 
 

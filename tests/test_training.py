@@ -23,7 +23,9 @@ import pipeline.cores as cores
 import pipeline.training as training
 from pipeline.checkpoint import load_checkpoint
 from pipeline.checkpoint_folder import Retention, checkpoint_path, prune_checkpoints
+from pipeline.compile_cache import should_compile
 from pipeline.data import load_meta, prepared_digest, preprocess
+from pipeline.device import configure_device
 from pipeline.errors import ModelFileError, PipelineError, TrainingInterrupted
 from pipeline.lock import count_registered
 from pipeline.params import Params, PreprocessParams, load_params, training_digest
@@ -498,13 +500,13 @@ def test_compile_auto_follows_the_device_and_the_compiler(monkeypatch: pytest.Mo
     cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
     # on the CPU, `auto` follows the class's table (pipeline.hardware): AMX compiles ResNet-18,
     # AVX2 does not; the class is given, so the test does not depend on the machine running it
-    monkeypatch.setattr(training.shutil, "which", lambda name: None)
-    assert not training.should_compile("auto", cpu, "resnet18", "amx")
-    monkeypatch.setattr(training.shutil, "which", lambda name: f"/usr/bin/{name}")
-    assert training.should_compile("auto", cpu, "resnet18", "amx") and training.should_compile("auto", cuda)
-    assert not training.should_compile("auto", cpu, "resnet18", "avx2")
-    assert not training.should_compile("auto", mps)
-    assert not training.should_compile(False, cuda) and training.should_compile(True, mps)
+    monkeypatch.setattr("pipeline.compile_cache.shutil.which", lambda name: None)
+    assert not should_compile("auto", cpu, "resnet18", "amx")
+    monkeypatch.setattr("pipeline.compile_cache.shutil.which", lambda name: f"/usr/bin/{name}")
+    assert should_compile("auto", cpu, "resnet18", "amx") and should_compile("auto", cuda)
+    assert not should_compile("auto", cpu, "resnet18", "avx2")
+    assert not should_compile("auto", mps)
+    assert not should_compile(False, cuda) and should_compile(True, mps)
 
 
 @pytest.mark.parametrize("benchmark", [True, False])
@@ -514,9 +516,9 @@ def test_cudnn_benchmark_is_set_from_params_on_cuda_only(
     # the flag is plain process state, settable without a GPU; undone after the test
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", not benchmark)
     params = fast(f"train.cudnn_benchmark={str(benchmark).lower()}").train
-    training.configure_device(torch.device("cpu"), params)
+    configure_device(torch.device("cpu"), params)
     assert torch.backends.cudnn.benchmark is (not benchmark)  # the CPU leaves cuDNN alone
-    training.configure_device(torch.device("cuda"), params)
+    configure_device(torch.device("cuda"), params)
     assert torch.backends.cudnn.benchmark is benchmark
 
 
