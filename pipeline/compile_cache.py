@@ -16,6 +16,7 @@ import torch
 from filelock import FileLock, Timeout
 from torch import nn
 
+from pipeline.convolution import SmallMapConv2d
 from pipeline.hardware import IsaClass, cpu_class, settings_for
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,27 @@ def compile_model(module: nn.Module, device: torch.device) -> nn.Module:
                 cache,
             )
         use_inductor_cache_of_this_vector_isa()
+        if torch_release() < (2, 14):
+            keep_small_map_convolutions_eager(module)
     return torch.compile(module)  # type: ignore[return-value]
+
+
+def torch_release() -> tuple[int, int]:
+    """(major, minor) of the installed torch: 2.14.1+cpu -> (2, 14)."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def keep_small_map_convolutions_eager(module: nn.Module) -> None:
+    """Leave the matrix-product convolutions (pipeline.convolution) out of the compiled graph.
+
+    torch 2.13's Inductor compiles their weight gradient (a custom autograd Function) into code
+    that corrupts the heap: measured with 2.13.0+cpu on a Xeon with AMX, `free(): invalid next
+    size` and an abort in the first backward of the tutorial net; 2.14.1 compiles it correctly.
+    Run eager, they keep their speed; the rest of the network is compiled."""
+    for layer in module.modules():
+        if isinstance(layer, SmallMapConv2d):
+            layer.forward = torch.compiler.disable(layer.forward)  # type: ignore[method-assign,no-untyped-call]
 
 
 INDUCTOR_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import os
 import shutil
 import socket
 import socketserver
@@ -48,6 +49,16 @@ FAST_TRAINING = [
     "evaluate.device=cpu",
     "evaluate.batch_size=50",
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One share of the cores per pytest-xdist worker: torch in two workers at 2 threads each on 2
+    cores spins for a core it does not get (a 5-second test took 330 s). Subprocesses inherit the
+    share; tests that compare bits across processes pin their own thread counts."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)

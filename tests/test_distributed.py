@@ -253,10 +253,15 @@ def test_two_nodes_launched_by_torchrun_match_one_process(
         assert torch.allclose(one_process_weights[name], two[name], **TOLERANCE), name
 
 
-def test_one_process_under_torchrun_matches_the_plain_run_with_batchnorm(project: Path) -> None:
+def test_one_process_under_torchrun_matches_the_plain_run_with_batchnorm(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`torchrun --nproc-per-node 1` trains through DistributedDataParallel (gloo) with the real
     network, BatchNorm included: with one process it must give the plain run's weights."""
-    one = train_here((project / "data").resolve(), project.parent / "plain", "train.checkpoint_every=0")
+    # both runs at the thread count of the machine, whatever share this test worker has
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores.available_cores()))
+    with training.fixed_threads(cores.available_cores()):
+        one = train_here((project / "data").resolve(), project.parent / "plain", "train.checkpoint_every=0")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
     under_torchrun = subprocess.run(
         [*launcher, *stage_arguments("train.checkpoint_every=0")],
