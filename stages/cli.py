@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from stages import checkpoints, download, evaluate, plots, predict, preprocess, recipe, train
+from stages import checkpoints, download, evaluate, plots, predict, preprocess, recipe, sweep, train
 
 # Set in the process `cifar10` starts as `python -m stages` in another checkout: it must find that
 # checkout's code, and never start a third process.
@@ -56,6 +56,7 @@ for name, module in (
     ("predict", predict),
     ("checkpoints", checkpoints),
     ("recipe", recipe),
+    ("sweep", sweep),
 ):
     app.command(name, cls=Command)(module.command)
 

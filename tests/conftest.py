@@ -52,13 +52,12 @@ FAST_TRAINING = [
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One share of the cores per pytest-xdist worker: torch in two workers at 2 threads each on 2
-    cores spins for a core it does not get (a 5-second test took 330 s). Subprocesses inherit the
-    share; tests that compare bits across processes pin their own thread counts."""
+    """One share of the cores for the torch work of each pytest-xdist worker's own process: torch
+    in two workers at 2 threads each on 2 cores spins for a core it does not get (a 5-second test
+    took 330 s). Trainings in subprocesses share the cores through pipeline.cores themselves."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
 @pytest.fixture(autouse=True)

@@ -197,6 +197,7 @@ def readme_block(name: str) -> str:
 
 
 @pytest.mark.dvc
+@pytest.mark.long  # a sweep through DVC's queue: a minute on 2 cores
 def test_the_readme_comparisons_work_in_a_fresh_clone_after_a_sweep(tmp_path: Path) -> None:
     """The README's comparison block, as written, right after a sweep in a fresh clone (no results
     committed; data.url a mirror set in each experiment), and its `dvc exp show` table fits 120
