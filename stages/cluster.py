@@ -143,9 +143,12 @@ def clone(url: str, commit: str, label: str) -> Iterator[Path]:
 
 
 def task_environment() -> dict[str, str]:
-    """The stage commands' environment: DVC pushes each experiment when it ends."""
+    """The stage commands' environment: DVC pushes each experiment when it ends; `python` and
+    `dvc` are this Python environment's (dvc.yaml's commands say `python`), whatever the node's
+    PATH."""
     return {
         **os.environ,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "DVC_EXP_AUTO_PUSH": "true",
         "DVC_EXP_GIT_REMOTE": "origin",
         "DVC_NO_ANALYTICS": "1",
@@ -264,6 +267,7 @@ def run_sweep(
     """Run the points not yet on the remote as Ray tasks; pull the results; the exit code."""
     try:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     except ImportError:
         raise PipelineError("Ray is not installed: pip install -e '.[ray]'") from None
     url, commit = on_the_remote(folder, remote)
@@ -283,7 +287,10 @@ def run_sweep(
     except (ConnectionError, ValueError) as error:
         raise PipelineError(f"cannot join the Ray cluster at {address}: {error}") from None
     try:
-        board = ray.remote(Board).remote()
+        # The board lives on this machine's node: a node that dies takes its tasks (Ray retries
+        # them elsewhere) but never what the sweep shows.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        board = ray.remote(Board).options(num_cpus=0, scheduling_strategy=here).remote()
         write(f"{len(pending)} experiment(s) on {address}: preparing the data once")
         ray.get(ray.remote(prepare_data).options(num_cpus=1, max_retries=3).remote(url, commit))
         cluster = ray.cluster_resources()  # type: ignore[no-untyped-call]
@@ -324,8 +331,11 @@ def follow_tasks(ray: Any, running: dict[Any, Point], board: Any, write: Any) ->
         done = sum(outcome.get("state") == "done" for outcome in outcomes.values())
         write(f"total: {done} done, {len(outcomes) - done} failed, of {len(running)}")
     except KeyboardInterrupt:
+        # Not force: Ray raises KeyboardInterrupt in each task, which stops its commands and
+        # removes its clone; waited for (a while) before the driver leaves, as Ray then kills them.
         for reference in remaining:
-            ray.cancel(reference, force=True)
+            ray.cancel(reference)
+        ray.wait(remaining, num_returns=len(remaining), timeout=60)
         finished = sorted(name for name, outcome in outcomes.items() if outcome.get("state") == "done")
         write(f"stopped: cancelled {len(remaining)} task(s); finished: {', '.join(finished) or 'none'}")
         raise

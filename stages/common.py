@@ -113,6 +113,44 @@ def remove_outputs(stages: Iterable[str]) -> list[Path]:
     return removed
 
 
+def remove_later_outputs(stage: str, including_own: bool = False) -> list[Path]:
+    """Remove every later stage's outputs (and, `including_own`, this stage's), leaving the later
+    metrics files as `{}` (stages/paths.py, METRICS); return what was removed, metrics files
+    aside. A later stage running in this workspace (by hand) is waited for: its outputs, of the
+    inputs being replaced, are then removed too."""
+    later = STAGES[STAGES.index(stage) + 1 :]
+    with contextlib.ExitStack() as locks:
+        for name in later:  # in pipeline order, as every run takes them: no deadlock
+            locks.enter_context(stage_lock(name, wait=True))
+        if including_own:
+            remove_outputs([stage])
+        removed = []
+        from pipeline.files import write_json
+
+        for name in later:
+            removed_here = remove_outputs([name])
+            if name in METRICS and (including_own or removed_here):
+                write_json(METRICS[name], {})
+            removed += [path for path in removed_here if path not in METRICS.values()]
+    return removed
+
+
+def remove_orphans(stage: str) -> None:
+    """Call first in a run of `stage`. When its outputs are not all here (DVC removes them before
+    it runs the stage; a user may delete one), the later stages' outputs were made from files that
+    are gone: they are removed now, so that a run that then fails (bad params, data made with
+    other params) leaves no later output beside inputs it was not made from. Not for download:
+    its archive is fixed by its hash, so the same file comes back."""
+    if stage == "download" or all(path.exists() for path in OUTPUTS[stage]):
+        return
+    configure_logging()
+    removed = remove_later_outputs(stage)
+    if removed:
+        logger.info(
+            "removed %s: made from outputs of `cifar10 %s` that are gone", ", ".join(map(str, removed)), stage
+        )
+
+
 class StageRun:
     """One run of a stage: its params (the file plus -S), and what keeps DVC's record true.
 
@@ -218,17 +256,7 @@ class StageRun:
         inputs this run replaces, are then removed too."""
         if self.replaced:
             return
-        later = STAGES[STAGES.index(self.stage) + 1 :]
-        with contextlib.ExitStack() as locks:
-            for stage in later:  # in pipeline order, as every run takes them: no deadlock
-                locks.enter_context(stage_lock(stage, wait=True))
-            remove_outputs([self.stage])
-            removed = [path for path in remove_outputs(later) if path not in METRICS.values()]
-            from pipeline.files import write_json
-
-            for stage in later:
-                if stage in METRICS:
-                    write_json(METRICS[stage], {})
+        removed = remove_later_outputs(self.stage, including_own=True)
         self.replaced = True
         if removed:
             logger.info("removed %s: made from the outputs this run replaces", ", ".join(map(str, removed)))

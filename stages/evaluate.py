@@ -10,6 +10,7 @@ from stages.common import (
     Overrides,
     ParamsFile,
     StageRun,
+    remove_orphans,
     run_as_script,
     say_how_to_record,
     stage_lock,
@@ -25,6 +26,7 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
     """Evaluate the trained model on the test split (params `evaluate`; `model` and `train` to
     refuse a model trained with other params)."""
     with user_errors():
+        remove_orphans("evaluate")  # before anything can fail: see its docstring
         run = StageRun("evaluate", params_file, overrides)
         params = run.params
         from pipeline.data import load_meta

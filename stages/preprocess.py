@@ -10,6 +10,7 @@ from stages.common import (
     Overrides,
     ParamsFile,
     StageRun,
+    remove_orphans,
     run_as_script,
     say_how_to_record,
     stage_lock,
@@ -24,6 +25,7 @@ def command(params_file: ParamsFile = DEFAULT_PARAMS, overrides: Overrides = Non
     """Parse the archive into uint8 tensors, hold out a stratified validation split, compute mean/std
     (params `preprocess`)."""
     with user_errors():
+        remove_orphans("preprocess")  # before anything can fail: see its docstring
         run = StageRun("preprocess", params_file, overrides)
         with stage_lock("preprocess"):
             run.begin()

@@ -18,6 +18,7 @@ from stages.common import (
     ParamsFile,
     StageRun,
     in_dvc_run,
+    remove_orphans,
     run_as_script,
     say_how_to_record,
     stage_lock,
@@ -68,16 +69,19 @@ def command(
 ) -> None:
     """Train the model (params `model` and `train`); an interrupted run resumes from its checkpoint."""
     with user_errors():
+        from pipeline import distributed
+
+        context = distributed.from_environment()
+        leads = distributed.holds_workspace_lock(context)
+        if leads:
+            remove_orphans("train")  # before anything can fail: see its docstring
         run = StageRun("train", params_file, overrides)
         params = run.params
-        from pipeline import distributed
         from pipeline.data import load_meta
         from pipeline.device import resolve_device
         from pipeline.errors import ParamsError
         from pipeline.gpu_lease import leased_gpus
 
-        context = distributed.from_environment()
-        leads = distributed.holds_workspace_lock(context)
         with (
             stage_lock("train") if leads else contextlib.nullcontext(),
             # a GPU of its own (nproc: as many), before CUDA initialises; under torchrun each

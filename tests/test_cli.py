@@ -621,6 +621,19 @@ def test_a_training_shows_no_test_figures_beside_its_epochs(
     assert json.loads((trained / "metrics/eval.json").read_text()) == {}
 
 
+def test_a_run_whose_own_outputs_are_gone_removes_the_later_ones_before_it_can_fail(trained: Path) -> None:
+    """DVC removes a stage's outputs before it runs it (`dvc repro --force`): a training that is
+    then refused must not leave the old model's test figures and pictures beside no model."""
+    assert invoke("evaluate", *fast()).exit_code == 0 and invoke("plots", *fast()).exit_code == 0
+    (trained / "models/model.safetensors").unlink()
+    set_params(trained / "params.yaml", ["preprocess.val_size=0"])  # data of other params: refused
+    assert invoke("train").exit_code == 1
+    assert not (trained / "reports/eval.json").exists() and not (trained / "metrics/confusion.csv").exists()
+    assert list((trained / "plots").iterdir()) == []
+    assert json.loads((trained / "metrics/eval.json").read_text()) == {}
+    assert (trained / "metrics/train.json").exists()  # a stage's own outputs are DVC's to remove
+
+
 def test_predict_outside_a_repository_uses_the_shipped_settings(
     trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

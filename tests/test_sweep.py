@@ -7,7 +7,9 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,3 +228,26 @@ def test_a_node_removed_mid_training_leaves_its_experiment_completed_once(
     assert sorted(name for name in names if name.startswith("moved-")) == [
         f"moved-{index}" for index in range(1, 5)
     ]
+
+
+@pytest.mark.long
+def test_ctrl_c_cancels_the_tasks_and_says_which_finished(ray_cluster: Any, tmp_path: Path) -> None:
+    import psutil
+
+    repo = repositories(tmp_path)
+    process = sweep_process(repo, ray_cluster.address, "-S", "train.epochs=2,400", "-n", "stopped")
+    assert process.stdout is not None
+    lines: list[str] = []
+    for line in process.stdout:
+        lines.append(line.rstrip("\n"))
+        if lines[-1].startswith("stopped-1: done on node"):
+            process.send_signal(signal.SIGINT)  # Ctrl-C, while stopped-2 trains
+            break
+    lines += [line.rstrip("\n") for line in process.stdout]
+    assert process.wait() != 0
+    assert "stopped: cancelled 1 task(s); finished: stopped-1" in lines, "\n".join(lines)
+    # the cancelled task stopped its commands and removed its clone
+    clones = list(Path(tempfile.gettempdir()).glob("cifar10-stopped-2-*"))
+    assert clones == [], clones
+    commands = [" ".join(found.info["cmdline"] or []) for found in psutil.process_iter(["cmdline"])]
+    assert not [command for command in commands if "stopped-2" in command]
