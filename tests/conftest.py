@@ -52,12 +52,32 @@ FAST_TRAINING = [
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One share of the cores for the torch work of each pytest-xdist worker's own process: torch
-    in two workers at 2 threads each on 2 cores spins for a core it does not get (a 5-second test
-    took 330 s). Trainings in subprocesses share the cores through pipeline.cores themselves."""
+    """Each pytest-xdist worker on cores of its own (where there are enough), it and every process
+    it starts: torch in two workers at 2 threads each on 2 cores spins for a core it does not get
+    (a 5-second test took 330 s, another 70 s for 4 s alone), and each test keeps its own registry
+    of running trainings (below), so trainings in different workers cannot share the cores through
+    pipeline.cores. Pinned, each sees its share as the machine's cores."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+    if workers <= 1:
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cores) // workers)
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    if len(cores) >= workers:
+        os.sched_setaffinity(0, cores[index * share : (index + 1) * share])
+    torch.set_num_threads(share)
+
+
+@pytest.fixture
+def all_cores() -> Iterator[None]:
+    """For a test that needs the machine's cores (a given thread count, say), not its worker's
+    share: the cores of the pytest process that started the worker, back to the share after."""
+    share = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, os.sched_getaffinity(os.getppid()))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, share)
 
 
 @pytest.fixture(autouse=True)

@@ -253,6 +253,7 @@ def test_two_nodes_launched_by_torchrun_match_one_process(
         assert torch.allclose(one_process_weights[name], two[name], **TOLERANCE), name
 
 
+@pytest.mark.usefixtures("all_cores")  # on one core the two differ in their last bits
 def test_one_process_under_torchrun_matches_the_plain_run_with_batchnorm(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

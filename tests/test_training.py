@@ -109,6 +109,7 @@ def test_same_seed_gives_the_same_weights(prepared: Path, tmp_path: Path) -> Non
     assert 0 <= first.metrics["val_accuracy"] <= 1 and first.card.arch == "resnet18"
 
 
+@pytest.mark.usefixtures("all_cores")  # 2 threads on a worker's one core spin for the other
 def test_a_resumed_run_takes_the_thread_count_it_was_checkpointed_with(
     prepared: Path,
     tmp_path: Path,
