@@ -543,3 +543,30 @@ def test_stages_list_exactly_the_params_that_can_change_their_outputs() -> None:
         for key in keys:
             line = next(line for line in lines if line.strip().startswith(f"{key}:"))
             assert "run-time only" in line, (section, key)
+
+
+def drawn_charts(page: Path) -> int:
+    """How many Vega charts a page draws in headless Chromium with every network request failing."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser is not None
+    options = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
+    offline = ["--proxy-server=http://127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND"]
+    dom = subprocess.run(
+        [browser, *options, *offline, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    return dom.count('class="marks"')  # the canvas Vega draws each chart on
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="needs Chromium"
+)
+def test_dvc_plots_pages_draw_their_charts_with_the_network_off(baseline: Path) -> None:
+    dvc(baseline, "plots", "show", "-o", "offline")
+    # the four charts of dvc.yaml: loss, accuracy, seconds per epoch, the confusion matrix
+    assert drawn_charts(baseline / "offline" / "index.html") == 4
+    dvc(baseline, "config", "--unset", "plots.html_template")  # DVC's own page loads Vega from a CDN
+    dvc(baseline, "plots", "show", "-o", "from-cdn")
+    assert drawn_charts(baseline / "from-cdn" / "index.html") == 0
