@@ -385,6 +385,7 @@ def test_the_sharing_flow_of_the_docs_works_as_written_and_several_machines_make
     assert {path for path in tracked if not path.startswith(("pipeline/", "stages/"))} == {
         ".dvc/.gitignore",
         ".dvc/config",
+        ".dvc/plots/LICENSES.txt",
         ".dvc/plots/offline.html",
         ".dvcignore",
         ".gitignore",
