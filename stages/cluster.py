@@ -29,7 +29,6 @@ from typing import Any
 from pipeline.errors import PipelineError
 
 EPOCH_LINE = re.compile(r"\bepoch (\d+)\s")
-NOT_ON_THE_REMOTE = 2  # exit code: the sweep's commit or DVC remote is missing
 
 
 @dataclass(frozen=True)
